@@ -1,0 +1,477 @@
+//! The software VMI CA: the `emulator` transport, the host simulator and the demo's TLS
+//! endpoint all issue from it.
+//!
+//! Its state is `ca.key` (PEM PKCS#8, mode 0600) and `ca.crt` in a state directory, created
+//! together on first start and never silently replaced: a new root would invalidate every
+//! certificate already issued, so a corrupt or half-present CA stops the service instead.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use openssl::{
+    asn1::{Asn1Integer, Asn1Object, Asn1OctetString, Asn1Time},
+    bn::{BigNum, MsbOption},
+    ec::{EcGroup, EcKey},
+    hash::MessageDigest,
+    nid::Nid,
+    pkey::{Id, PKey, PKeyRef, Private},
+    x509::{
+        extension::{
+            AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage,
+            SubjectAlternativeName, SubjectKeyIdentifier,
+        },
+        X509Builder, X509Extension, X509NameBuilder, X509NameRef, X509,
+    },
+};
+
+use crate::{csr::ValidCsr, error::StartError};
+
+pub const KEY_FILE: &str = "ca.key";
+pub const CERT_FILE: &str = "ca.crt";
+pub const LOCK_FILE: &str = "lock";
+const TMP_PREFIX: &str = ".ca-new-";
+
+/// Leaves are backdated so a host whose clock is a little behind still accepts them.
+const BACKDATE_SECS: i64 = 300;
+const ROOT_VALIDITY_DAYS: i64 = 3650;
+
+type OsslResult<T> = Result<T, openssl::error::ErrorStack>;
+
+/// An exclusive hold on a state directory for as long as it lives.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+    pub dir: PathBuf,
+}
+
+impl StateLock {
+    /// Creates `dir` (mode 0700) if needed and takes its lock, or says who holds it.
+    pub fn acquire(dir: &Path) -> Result<Self, StartError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                StartError::Io(format!(
+                    "cannot create state directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StartError::Io(format!("cannot open {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock {
+                _file: file,
+                dir: dir.to_path_buf(),
+            }),
+            Err(fs::TryLockError::WouldBlock) => Err(StartError::StateLocked(format!(
+                "state directory {} is in use by another vmi-cert-exchange process (lock {})",
+                dir.display(),
+                path.display()
+            ))),
+            Err(fs::TryLockError::Error(e)) => Err(StartError::Io(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// A CA key and its self-signed root certificate.
+pub struct SoftCa {
+    key: PKey<Private>,
+    cert: X509,
+    root_pem: String,
+}
+
+impl std::fmt::Debug for SoftCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftCa")
+            .field(
+                "subject",
+                &crate::csr::subject_for_log(self.cert.subject_name()),
+            )
+            .finish()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn random_serial() -> OsslResult<Asn1Integer> {
+    let mut bn = BigNum::new()?;
+    // 128 random bits; the top bit clear keeps the DER INTEGER positive without padding.
+    bn.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    bn.to_asn1_integer()
+}
+
+fn digest_for(key: &PKeyRef<Private>) -> MessageDigest {
+    match key.id() {
+        Id::EC if key.bits() > 256 => MessageDigest::sha384(),
+        _ => MessageDigest::sha256(),
+    }
+}
+
+impl SoftCa {
+    /// A fresh CA in memory: EC P-384 key, 10-year self-signed root.
+    pub fn generate() -> OsslResult<Self> {
+        Self::generate_named("VMI Emulated Root CA")
+    }
+
+    pub fn generate_named(common_name: &str) -> OsslResult<Self> {
+        let key = PKey::from_ec_key(EcKey::generate(&*EcGroup::from_curve_name(
+            Nid::SECP384R1,
+        )?)?)?;
+        let mut name = X509NameBuilder::new()?;
+        name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "vmi-cert-exchange")?;
+        name.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
+        let name = name.build();
+        let mut b = X509Builder::new()?;
+        b.set_version(2)?;
+        b.set_serial_number(&*random_serial()?)?;
+        b.set_subject_name(&name)?;
+        b.set_issuer_name(&name)?;
+        b.set_pubkey(&key)?;
+        let now = unix_now();
+        b.set_not_before(&*Asn1Time::from_unix(now - BACKDATE_SECS)?)?;
+        b.set_not_after(&*Asn1Time::from_unix(now + ROOT_VALIDITY_DAYS * 86400)?)?;
+        b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+        b.append_extension(
+            KeyUsage::new()
+                .critical()
+                .key_cert_sign()
+                .crl_sign()
+                .build()?,
+        )?;
+        let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None))?;
+        b.append_extension(ski)?;
+        b.sign(&key, digest_for(&key))?;
+        let cert = b.build();
+        Ok(Self::from_parts(key, cert))
+    }
+
+    fn from_parts(key: PKey<Private>, cert: X509) -> Self {
+        let root_pem = String::from_utf8_lossy(&cert.to_pem().unwrap_or_default()).into_owned();
+        SoftCa {
+            key,
+            cert,
+            root_pem,
+        }
+    }
+
+    /// The root certificate as PEM with LF endings.
+    pub fn root_pem(&self) -> String {
+        self.root_pem.clone()
+    }
+
+    pub fn root(&self) -> &X509 {
+        &self.cert
+    }
+
+    /// Opens the CA of a state directory, creating it if the directory holds none. The caller
+    /// holds the directory's [`StateLock`].
+    pub fn open_or_create(lock: &StateLock) -> Result<Self, StartError> {
+        let dir = &lock.dir;
+        remove_stale_temporaries(dir);
+        let key_path = dir.join(KEY_FILE);
+        let cert_path = dir.join(CERT_FILE);
+        match (key_path.exists(), cert_path.exists()) {
+            (true, true) => Self::load(dir),
+            (false, false) => {
+                let ca = Self::generate()
+                    .map_err(|e| StartError::Failed(format!("cannot generate the CA key: {e}")))?;
+                ca.write_atomically(dir)?;
+                tracing::info!(
+                    dir = %dir.display(),
+                    subject = %crate::csr::subject_for_log(ca.cert.subject_name()),
+                    fingerprint = %ca.root_fingerprint(),
+                    "created a new software CA"
+                );
+                Ok(ca)
+            }
+            (k, _) => Err(StartError::CaCorrupt(format!(
+                "the software CA in {} is half present: {} exists but {} does not; \
+                 restore both files or remove both to create a new root (which invalidates \
+                 every certificate already issued)",
+                dir.display(),
+                if k { KEY_FILE } else { CERT_FILE },
+                if k { CERT_FILE } else { KEY_FILE },
+            ))),
+        }
+    }
+
+    /// Reads an existing CA without taking the lock: the demo uses it to issue its TLS
+    /// endpoint's certificate from the CA the service it started created.
+    pub fn load(dir: &Path) -> Result<Self, StartError> {
+        let corrupt = |what: String| {
+            StartError::CaCorrupt(format!(
+                "the software CA in {} is corrupt: {what}; it is not replaced automatically \
+                 because a new root invalidates every certificate already issued",
+                dir.display()
+            ))
+        };
+        let key_pem = fs::read(dir.join(KEY_FILE))
+            .map_err(|e| corrupt(format!("{KEY_FILE} cannot be read ({e})")))?;
+        let cert_pem = fs::read(dir.join(CERT_FILE))
+            .map_err(|e| corrupt(format!("{CERT_FILE} cannot be read ({e})")))?;
+        let key = PKey::private_key_from_pem(&key_pem)
+            .map_err(|_| corrupt(format!("{KEY_FILE} is not a PEM private key")))?;
+        let cert = X509::from_pem(&cert_pem)
+            .map_err(|_| corrupt(format!("{CERT_FILE} is not a PEM certificate")))?;
+        let cert_key = cert
+            .public_key()
+            .map_err(|_| corrupt(format!("{CERT_FILE} has no readable public key")))?;
+        if !cert_key.public_eq(&key) {
+            return Err(corrupt(format!(
+                "{KEY_FILE} and {CERT_FILE} do not belong together"
+            )));
+        }
+        Ok(Self::from_parts(key, cert))
+    }
+
+    /// Writes `ca.key` and `ca.crt` into a fresh temporary directory inside `dir`, syncs them,
+    /// then renames them into place: a crash leaves either nothing or a temporary directory that
+    /// the next start removes, never a half-written key.
+    fn write_atomically(&self, dir: &Path) -> Result<(), StartError> {
+        let io = |what: &str, e: std::io::Error| StartError::Io(format!("{what}: {e}"));
+        let tmp = dir.join(format!("{TMP_PREFIX}{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| io(&format!("cannot create {}", tmp.display()), e))?;
+        let key_pem = self
+            .key
+            .private_key_to_pem_pkcs8()
+            .map_err(|e| StartError::Failed(format!("cannot encode the CA key: {e}")))?;
+        let result = (|| {
+            write_new_file(&tmp.join(KEY_FILE), &key_pem, 0o600)?;
+            write_new_file(&tmp.join(CERT_FILE), self.root_pem.as_bytes(), 0o644)?;
+            // The key goes first: a crash between the two renames leaves a key without a
+            // certificate, which is reported, never a certificate whose key is lost.
+            fs::rename(tmp.join(KEY_FILE), dir.join(KEY_FILE))?;
+            fs::rename(tmp.join(CERT_FILE), dir.join(CERT_FILE))?;
+            File::open(dir)?.sync_all()
+        })();
+        let _ = fs::remove_dir_all(&tmp);
+        result.map_err(|e| io(&format!("cannot write the CA into {}", dir.display()), e))
+    }
+
+    pub fn root_fingerprint(&self) -> String {
+        self.cert
+            .digest(MessageDigest::sha256())
+            .map(|d| crate::csr::hex(&d))
+            .unwrap_or_default()
+    }
+
+    fn leaf_builder<T: openssl::pkey::HasPublic>(
+        &self,
+        subject: &X509NameRef,
+        key: &PKeyRef<T>,
+        validity_days: u32,
+    ) -> OsslResult<X509Builder> {
+        let mut b = X509Builder::new()?;
+        b.set_version(2)?;
+        b.set_serial_number(&*random_serial()?)?;
+        b.set_subject_name(subject)?;
+        b.set_issuer_name(self.cert.subject_name())?;
+        b.set_pubkey(key)?;
+        let now = unix_now();
+        b.set_not_before(&*Asn1Time::from_unix(now - BACKDATE_SECS)?)?;
+        b.set_not_after(&*Asn1Time::from_unix(
+            now + i64::from(validity_days) * 86400,
+        )?)?;
+        let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(Some(&self.cert), None))?;
+        b.append_extension(ski)?;
+        let aki = AuthorityKeyIdentifier::new()
+            .keyid(true)
+            .build(&b.x509v3_context(Some(&self.cert), None))?;
+        b.append_extension(aki)?;
+        Ok(b)
+    }
+
+    /// The leaf profile of DESIGN.md section 4: subject and SANs from the CSR, CA:FALSE,
+    /// digitalSignature (+ keyEncipherment for RSA), clientAuth, random 128-bit serial,
+    /// backdated 5 minutes.
+    pub fn issue_client(&self, csr: &ValidCsr, validity_days: u32) -> OsslResult<X509> {
+        let mut b = self.leaf_builder(csr.req.subject_name(), &csr.public_key, validity_days)?;
+        b.append_extension(BasicConstraints::new().critical().build()?)?;
+        let mut ku = KeyUsage::new();
+        ku.critical().digital_signature();
+        if csr.public_key.id() == Id::RSA {
+            ku.key_encipherment();
+        }
+        b.append_extension(ku.build()?)?;
+        b.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;
+        if let Some((critical, value)) = &csr.san {
+            let oid = Asn1Object::from_str("2.5.29.17")?;
+            let value = Asn1OctetString::new_from_bytes(value)?;
+            b.append_extension(X509Extension::new_from_der(&oid, *critical, &value)?)?;
+        }
+        b.sign(&self.key, digest_for(&self.key))?;
+        Ok(b.build())
+    }
+
+    /// A TLS server certificate for 127.0.0.1/localhost, as the VMI endpoint has.
+    pub fn issue_server<T: openssl::pkey::HasPublic>(
+        &self,
+        key: &PKeyRef<T>,
+        common_name: &str,
+    ) -> OsslResult<X509> {
+        let mut name = X509NameBuilder::new()?;
+        name.append_entry_by_nid(Nid::COMMONNAME, common_name)?;
+        let name = name.build();
+        let mut b = self.leaf_builder(&name, key, 30)?;
+        b.append_extension(BasicConstraints::new().critical().build()?)?;
+        b.append_extension(
+            KeyUsage::new()
+                .critical()
+                .digital_signature()
+                .key_encipherment()
+                .build()?,
+        )?;
+        b.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
+        let san = SubjectAlternativeName::new()
+            .ip("127.0.0.1")
+            .dns("localhost")
+            .build(&b.x509v3_context(Some(&self.cert), None))?;
+        b.append_extension(san)?;
+        b.sign(&self.key, digest_for(&self.key))?;
+        Ok(b.build())
+    }
+
+    /// A certificate that wrongly claims CA:TRUE: what a broken hypervisor might return. Used
+    /// by the host simulator's fault mode and by tests of answer verification.
+    pub fn issue_ca_true(&self, csr: &ValidCsr) -> OsslResult<X509> {
+        let mut b = self.leaf_builder(csr.req.subject_name(), &csr.public_key, 365)?;
+        b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+        b.sign(&self.key, digest_for(&self.key))?;
+        Ok(b.build())
+    }
+}
+
+/// Creates `path` (which must not exist), writes it whole and syncs it.
+pub fn write_new_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    // The umask may have narrowed the mode; a public certificate should stay readable.
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Replaces `path` atomically: writes a temporary file beside it, then renames it over.
+pub fn write_file_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let result = write_new_file(&tmp, data, mode).and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn remove_stale_temporaries(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn created_once_then_reopened_with_the_same_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let first = {
+            let lock = StateLock::acquire(&state).unwrap();
+            SoftCa::open_or_create(&lock).unwrap().root_pem()
+        };
+        let meta = fs::metadata(state.join(KEY_FILE)).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let key = fs::read_to_string(state.join(KEY_FILE)).unwrap();
+        assert!(
+            key.starts_with("-----BEGIN PRIVATE KEY-----\n"),
+            "PKCS#8 PEM expected"
+        );
+        let lock = StateLock::acquire(&state).unwrap();
+        assert_eq!(SoftCa::open_or_create(&lock).unwrap().root_pem(), first);
+        let names: Vec<_> = fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(names.is_empty(), "temporaries left behind: {names:?}");
+    }
+
+    #[test]
+    fn second_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = StateLock::acquire(dir.path()).unwrap();
+        let err = StateLock::acquire(dir.path()).unwrap_err();
+        assert!(matches!(err, StartError::StateLocked(_)), "{err:?}");
+        assert!(err
+            .to_string()
+            .contains("is in use by another vmi-cert-exchange process"));
+    }
+
+    #[test]
+    fn half_present_and_corrupt_are_errors_not_new_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let lock = StateLock::acquire(dir.path()).unwrap();
+            SoftCa::open_or_create(&lock).unwrap();
+        }
+        let cert = fs::read(dir.path().join(CERT_FILE)).unwrap();
+        fs::remove_file(dir.path().join(CERT_FILE)).unwrap();
+        let lock = StateLock::acquire(dir.path()).unwrap();
+        let err = SoftCa::open_or_create(&lock).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::EXIT_CA_CORRUPT);
+        assert!(
+            err.to_string()
+                .contains("half present: ca.key exists but ca.crt does not"),
+            "{err}"
+        );
+        assert!(!dir.path().join(CERT_FILE).exists());
+
+        fs::write(dir.path().join(CERT_FILE), b"not a certificate").unwrap();
+        let err = SoftCa::open_or_create(&lock).unwrap_err();
+        assert!(
+            err.to_string().contains("ca.crt is not a PEM certificate"),
+            "{err}"
+        );
+
+        let other = SoftCa::generate().unwrap();
+        fs::write(dir.path().join(CERT_FILE), other.root_pem()).unwrap();
+        let err = SoftCa::open_or_create(&lock).unwrap_err();
+        assert!(err.to_string().contains("do not belong together"), "{err}");
+        assert_ne!(other.root_pem().as_bytes(), &cert[..]);
+    }
+}

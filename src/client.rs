@@ -1,0 +1,128 @@
+//! `sign`: the client a BMC developer uses instead of hand-typing busctl.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use zbus::{proxy, Connection};
+
+use crate::{bus::Bus, error::StartError, util::pem_blocks};
+
+#[proxy(
+    interface = "xyz.openbmc_project.HMC.VMInterface",
+    default_service = "xyz.openbmc_project.HMC.VMInterface",
+    default_path = "/xyz/openbmc_project/HMC/VMInterface",
+    gen_blocking = false
+)]
+pub trait VmInterface {
+    #[zbus(name = "SignCSR")]
+    fn sign_csr(&self, csr: &str) -> zbus::Result<String>;
+}
+
+/// How long one call may take: above the service's 20 s deadline, so the service's
+/// `Unavailable` arrives rather than a client-side timeout.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A D-Bus error as `name: message`, or the transport failure.
+pub fn describe(err: &zbus::Error) -> String {
+    match err {
+        zbus::Error::MethodError(name, message, _) => {
+            format!("{name}: {}", message.as_deref().unwrap_or(""))
+        }
+        other => format!("D-Bus call failed: {other}"),
+    }
+}
+
+/// The error name of a failed call, if the service answered with one.
+pub fn error_name(err: &zbus::Error) -> Option<&str> {
+    match err {
+        zbus::Error::MethodError(name, _, _) => Some(name.as_str()),
+        _ => None,
+    }
+}
+
+/// Calls `SignCSR`, retrying the same CSR while the answer is `Unavailable` and `wait` allows.
+pub async fn sign_with_retry(
+    conn: &Connection,
+    csr: &str,
+    wait: Duration,
+) -> Result<String, zbus::Error> {
+    let proxy = VmInterfaceProxy::new(conn).await?;
+    let give_up = Instant::now() + wait;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match proxy.sign_csr(csr).await {
+            Err(e)
+                if error_name(&e) == Some("xyz.openbmc_project.Common.Error.Unavailable")
+                    && Instant::now() + pause < give_up =>
+            {
+                tracing::info!("{}; retrying in {:?}", describe(&e), pause);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+pub struct SignOptions {
+    pub bus: Bus,
+    pub csr: PathBuf,
+    pub out: Option<PathBuf>,
+    pub wait: Duration,
+}
+
+/// Runs `sign`; the error is what to print.
+pub async fn run(opts: SignOptions) -> Result<(), StartError> {
+    let csr = if opts.csr == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| StartError::Io(format!("cannot read the CSR from stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(&opts.csr)
+            .map_err(|e| StartError::Io(format!("cannot read {}: {e}", opts.csr.display())))?
+    };
+    let conn = opts
+        .bus
+        .builder()?
+        .method_timeout(CALL_TIMEOUT)
+        .build()
+        .await
+        .map_err(|e| StartError::Bus(format!("{}: {e}", opts.bus)))?;
+    let chain = sign_with_retry(&conn, &csr, opts.wait)
+        .await
+        .map_err(|e| StartError::Failed(describe(&e)))?;
+    match opts.out {
+        None => print!("{chain}"),
+        Some(dir) => write_chain(&dir, &chain)?,
+    }
+    Ok(())
+}
+
+/// Writes `chain.pem` (the answer as received), `client.crt` and `ca.crt` into `dir`.
+pub fn write_chain(dir: &Path, chain: &str) -> Result<(), StartError> {
+    let blocks = pem_blocks(chain);
+    if blocks.len() != 2 {
+        return Err(StartError::Failed(format!(
+            "the answer holds {} PEM blocks; expected the client certificate and the root",
+            blocks.len()
+        )));
+    }
+    let io =
+        |p: &Path, e: std::io::Error| StartError::Io(format!("cannot write {}: {e}", p.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    for (name, data) in [
+        ("chain.pem", chain),
+        ("client.crt", blocks[0].as_str()),
+        ("ca.crt", blocks[1].as_str()),
+    ] {
+        let path = dir.join(name);
+        crate::ca::write_file_atomically(&path, data.as_bytes(), 0o644)
+            .map_err(|e| io(&path, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! `serve`: the daemon.
+
+use std::{future::Future, path::PathBuf, sync::Arc};
+
+use crate::{
+    bus::Bus,
+    ca::{SoftCa, StateLock},
+    config::Settings,
+    error::StartError,
+    signer::Signer,
+    transport::{emulator::Emulator, HypervisorTransport},
+};
+
+/// Which transport carries CSRs to the hypervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Pldm,
+    Emulator,
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pldm" => Ok(TransportKind::Pldm),
+            "emulator" => Ok(TransportKind::Emulator),
+            _ => Err(format!("unknown transport {s:?} (known: pldm, emulator)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub bus: Bus,
+    pub transport: TransportKind,
+    pub allow_emulator_on_system_bus: bool,
+    pub state_dir: PathBuf,
+    pub settings: Settings,
+}
+
+/// Runs the service until `shutdown` completes.
+pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    opts.settings.limits.check().map_err(StartError::Usage)?;
+    if opts.transport == TransportKind::Emulator
+        && opts.bus.is_system()
+        && !opts.allow_emulator_on_system_bus
+    {
+        return Err(StartError::Usage(
+            "the emulator transport signs with a software CA, not the hypervisor's; it refuses \
+             to run on the system bus unless --allow-emulator-on-system-bus is given"
+                .into(),
+        ));
+    }
+    let lock = StateLock::acquire(&opts.state_dir)?;
+    let transport: Arc<dyn HypervisorTransport> = match opts.transport {
+        TransportKind::Emulator => {
+            let ca = SoftCa::open_or_create(&lock)?;
+            tracing::info!(
+                root_fingerprint = %ca.root_fingerprint(),
+                state_dir = %opts.state_dir.display(),
+                "software CA ready"
+            );
+            Arc::new(Emulator::new(ca, opts.settings.validity_days))
+        }
+        TransportKind::Pldm => {
+            return Err(StartError::Usage(
+                "the pldm transport is not available in this build; use --transport emulator"
+                    .into(),
+            ))
+        }
+    };
+    let conn = opts.bus.connect().await?;
+    let signer = Signer::new(transport, opts.settings.clone());
+    crate::serve(&conn, signer).await?;
+    tracing::info!(
+        bus = %opts.bus,
+        name = crate::BUS_NAME,
+        object = crate::OBJECT_PATH,
+        transport = opts.transport_name(),
+        "serving"
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = conn.release_name(crate::BUS_NAME).await;
+    drop(lock);
+    Ok(())
+}
+
+impl ServeOptions {
+    fn transport_name(&self) -> &'static str {
+        match self.transport {
+            TransportKind::Pldm => "pldm",
+            TransportKind::Emulator => "emulator",
+        }
+    }
+}

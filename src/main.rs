@@ -1,0 +1,233 @@
+//! Command line, logging and runtime; everything else is in the library.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
+use vmi_cert_exchange::{
+    bus::Bus,
+    client, config,
+    daemon::{self, TransportKind},
+    demo,
+    error::StartError,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "vmi-cert-exchange",
+    version,
+    about = "VMI certificate exchange for OpenBMC: SignCSR on D-Bus"
+)]
+struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct BusArgs {
+    /// Which bus to use.
+    #[arg(long, default_value = "system", value_parser = ["system", "session"])]
+    bus: String,
+    /// A D-Bus address; overrides --bus.
+    #[arg(long)]
+    address: Option<String>,
+}
+
+impl BusArgs {
+    fn bus(&self) -> Result<Bus, StartError> {
+        Bus::from_args(&self.bus, self.address.as_deref())
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the D-Bus service.
+    Serve(ServeArgs),
+    /// Ask the service to sign a CSR, as bmcweb would.
+    Sign(SignArgs),
+    /// Run the whole exchange end to end on a private bus, with a mutual-TLS handshake.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    bus: BusArgs,
+    /// How CSRs reach the hypervisor.
+    #[arg(long, default_value = "pldm")]
+    transport: TransportKind,
+    /// Let the software CA answer on the system bus (development images only).
+    #[arg(long)]
+    allow_emulator_on_system_bus: bool,
+    /// State directory: the software CA and the lock.
+    #[arg(long, default_value = "/var/lib/vmi-cert-exchange")]
+    state_dir: PathBuf,
+    /// Seconds a caller waits before `Unavailable` (fractions allowed).
+    #[arg(long, value_parser = config::parse_seconds)]
+    sign_timeout: Option<Duration>,
+    /// Seconds a request may keep going in the background.
+    #[arg(long, value_parser = config::parse_seconds)]
+    request_lifetime: Option<Duration>,
+    /// Seconds a finished result is answered from the cache (default: the request lifetime).
+    #[arg(long, value_parser = config::parse_seconds)]
+    result_ttl: Option<Duration>,
+    /// Distinct requests in flight at once.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Seconds a returned certificate's notBefore may lie in the future.
+    #[arg(long, value_parser = config::parse_seconds)]
+    clock_skew: Option<Duration>,
+    /// TOML configuration file (flags win over it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SignArgs {
+    #[command(flatten)]
+    bus: BusArgs,
+    /// The CSR file, or - for stdin.
+    #[arg(long)]
+    csr: PathBuf,
+    /// Write chain.pem, client.crt and ca.crt here instead of printing the answer.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep retrying the same CSR for this many seconds while the answer is Unavailable.
+    #[arg(long, value_parser = config::parse_seconds, default_value = "0")]
+    wait: Duration,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where to write client.key, client.csr, client.crt, ca.crt and chain.pem.
+    #[arg(long, default_value = "./vmi-demo")]
+    out: PathBuf,
+    /// The transport the demo's service uses.
+    #[arg(long, default_value = "emulator")]
+    transport: TransportKind,
+}
+
+fn init_logging(verbose: u8, default: &str) {
+    let level = match verbose {
+        0 => default.to_string(),
+        1 => "debug,zbus=info".into(),
+        _ => "trace".into(),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // systemd connects stderr to the journal and says so in JOURNAL_STREAM: log natively
+    // there, with structured fields.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journald.with_syslog_identifier("vmi-cert-exchange".into()))
+                .init();
+            return;
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve_options(a: ServeArgs) -> Result<daemon::ServeOptions, StartError> {
+    let mut settings = config::Settings::new();
+    if let Some(path) = &a.config {
+        config::FileConfig::load(path)
+            .and_then(|c| c.apply(&mut settings))
+            .map_err(StartError::Usage)?;
+    }
+    let l = &mut settings.limits;
+    let ttl_follows_lifetime = l.result_ttl == l.request_lifetime;
+    if let Some(v) = a.sign_timeout {
+        l.sign_timeout = v;
+    }
+    if let Some(v) = a.request_lifetime {
+        l.request_lifetime = v;
+        if ttl_follows_lifetime {
+            l.result_ttl = v;
+        }
+    }
+    if let Some(v) = a.result_ttl {
+        l.result_ttl = v;
+    }
+    if let Some(v) = a.max_in_flight {
+        l.max_in_flight = v;
+    }
+    if let Some(v) = a.clock_skew {
+        l.clock_skew = v;
+    }
+    Ok(daemon::ServeOptions {
+        bus: a.bus.bus()?,
+        transport: a.transport,
+        allow_emulator_on_system_bus: a.allow_emulator_on_system_bus,
+        state_dir: a.state_dir,
+        settings,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(command: Command) -> Result<(), StartError> {
+    match command {
+        Command::Serve(a) => daemon::run(serve_options(a)?, terminated()).await,
+        Command::Sign(a) => {
+            client::run(client::SignOptions {
+                bus: a.bus.bus()?,
+                csr: a.csr,
+                out: a.out,
+                wait: a.wait,
+            })
+            .await
+        }
+        Command::Demo(a) => {
+            let demo = demo::run(demo::DemoOptions {
+                out: a.out,
+                transport: a.transport,
+            });
+            tokio::select! {
+                r = demo => r,
+                _ = terminated() => Err(StartError::Failed("interrupted; stopped everything the demo started".into())),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info,zbus=warn",
+        _ => "warn",
+    };
+    init_logging(cli.verbose, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vmi-cert-exchange: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("vmi-cert-exchange: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

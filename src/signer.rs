@@ -1,0 +1,225 @@
+//! The request pipeline behind `SignCSR`: validation, the in-flight table with dedupe, the
+//! result cache, the in-flight limit and the caller's deadline (DESIGN.md section 3).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    chain::{self, Chain},
+    config::Settings,
+    csr::{self, ValidCsr},
+    error::{Error, Escaped},
+    transport::HypervisorTransport,
+};
+
+type Key = [u8; 32];
+type Outcome = Result<Chain, Error>;
+
+/// A bound on cached results, so a flood of distinct CSRs cannot grow memory without limit.
+const MAX_CACHED: usize = 4096;
+
+#[derive(Default)]
+struct Table {
+    in_flight: HashMap<Key, watch::Receiver<Option<Outcome>>>,
+    cache: HashMap<Key, (Instant, Outcome)>,
+}
+
+impl Table {
+    fn purge(&mut self, ttl: Duration) {
+        let now = Instant::now();
+        self.cache
+            .retain(|_, (at, _)| now.duration_since(*at) < ttl);
+    }
+}
+
+/// Counts for tests and diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub in_flight: usize,
+    pub cached: usize,
+}
+
+pub struct Signer {
+    transport: Arc<dyn HypervisorTransport>,
+    settings: Settings,
+    table: Mutex<Table>,
+}
+
+enum Admission {
+    Done(Outcome),
+    Wait(watch::Receiver<Option<Outcome>>),
+}
+
+impl Signer {
+    pub fn new(transport: Arc<dyn HypervisorTransport>, settings: Settings) -> Arc<Self> {
+        Arc::new(Signer {
+            transport,
+            settings,
+            table: Mutex::new(Table::default()),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn transport_name(&self) -> &'static str {
+        self.transport.name()
+    }
+
+    pub fn counts(&self) -> Counts {
+        let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        Counts {
+            in_flight: t.in_flight.len(),
+            cached: t.cache.len(),
+        }
+    }
+
+    /// Signs the CSR text `input` sent by `caller` and logs one line about it.
+    pub async fn sign(self: &Arc<Self>, caller: &str, input: &str) -> Result<String, Error> {
+        let started = Instant::now();
+        let (csr, result) = match csr::validate(input, &self.settings.policy) {
+            Ok(csr) => {
+                let csr = Arc::new(csr);
+                let result = self.sign_valid(csr.clone()).await;
+                (Some(csr), result)
+            }
+            Err(e) => (None, Err(e)),
+        };
+        log_request(
+            caller,
+            input.len(),
+            csr.as_deref(),
+            &result,
+            started.elapsed(),
+        );
+        result.map(|chain| chain.pem)
+    }
+
+    async fn sign_valid(self: &Arc<Self>, csr: Arc<ValidCsr>) -> Outcome {
+        let mut rx = match self.admit(csr).await? {
+            Admission::Done(outcome) => return outcome,
+            Admission::Wait(rx) => rx,
+        };
+        let waited = tokio::time::timeout(
+            self.settings.limits.sign_timeout,
+            rx.wait_for(Option::is_some),
+        )
+        .await
+        .map(|r| r.map(|outcome| (*outcome).clone()));
+        match waited {
+            Ok(Ok(Some(outcome))) => outcome,
+            Ok(Ok(None)) | Err(_) => Err(Error::SigningInProgress),
+            Ok(Err(_)) => Err(Error::Internal(
+                "the signing task ended without an answer".into(),
+            )),
+        }
+    }
+
+    /// Answers from the cache, attaches to an identical request in flight, or starts a new one.
+    async fn admit(self: &Arc<Self>, csr: Arc<ValidCsr>) -> Result<Admission, Error> {
+        let key = csr.fingerprint;
+        if let Some(found) = self.lookup(&key) {
+            return Ok(found);
+        }
+        self.transport.check_ready().await?;
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        // Another caller may have started the same request while we checked readiness.
+        if let Some(found) = lookup_locked(&mut table, &key, self.settings.limits.result_ttl) {
+            return Ok(found);
+        }
+        if table.in_flight.len() >= self.settings.limits.max_in_flight {
+            return Err(Error::InFlightLimit(self.settings.limits.max_in_flight));
+        }
+        let (tx, rx) = watch::channel(None);
+        table.in_flight.insert(key, rx.clone());
+        drop(table);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let outcome = this.run(csr).await;
+            let mut table = this.table.lock().unwrap_or_else(|p| p.into_inner());
+            table.in_flight.remove(&key);
+            if outcome.as_ref().err().is_none_or(Error::is_final) {
+                if table.cache.len() >= MAX_CACHED {
+                    table.purge(this.settings.limits.result_ttl);
+                }
+                if table.cache.len() < MAX_CACHED {
+                    table.cache.insert(key, (Instant::now(), outcome.clone()));
+                }
+            }
+            drop(table);
+            let _ = tx.send(Some(outcome));
+        });
+        Ok(Admission::Wait(rx))
+    }
+
+    fn lookup(&self, key: &Key) -> Option<Admission> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        lookup_locked(&mut table, key, self.settings.limits.result_ttl)
+    }
+
+    /// One request from start to verified chain, bounded by the request lifetime. When the
+    /// lifetime ends the transport's future is dropped, which removes what it left on the bus.
+    async fn run(&self, csr: Arc<ValidCsr>) -> Outcome {
+        let lifetime = self.settings.limits.request_lifetime;
+        match tokio::time::timeout(lifetime, self.transport.sign(csr.clone())).await {
+            Ok(Ok(answer)) => chain::verify(&csr, &answer, self.settings.limits.clock_skew),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                tracing::warn!(
+                    fingerprint = %csr.fingerprint_hex(),
+                    lifetime_s = lifetime.as_secs_f64(),
+                    "request dropped: no answer from the hypervisor within the request lifetime"
+                );
+                Err(Error::HypervisorUnavailable(
+                    "the hypervisor did not answer within the request lifetime".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn lookup_locked(table: &mut Table, key: &Key, ttl: Duration) -> Option<Admission> {
+    table.purge(ttl);
+    if let Some((_, outcome)) = table.cache.get(key) {
+        return Some(Admission::Done(outcome.clone()));
+    }
+    table
+        .in_flight
+        .get(key)
+        .map(|rx| Admission::Wait(rx.clone()))
+}
+
+/// The one structured line per request. Subject and caller are attacker-controlled: escaped.
+fn log_request(
+    caller: &str,
+    size: usize,
+    csr: Option<&ValidCsr>,
+    result: &Outcome,
+    elapsed: Duration,
+) {
+    let caller = Escaped(caller).to_string();
+    let subject = csr.map(|c| c.subject.clone()).unwrap_or_default();
+    let key_type = csr.map(|c| c.key_type.to_string()).unwrap_or_default();
+    let fingerprint = csr.map(|c| c.fingerprint_hex()).unwrap_or_default();
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    match result {
+        Ok(chain) => tracing::info!(
+            target: "vmi_cert_exchange::request",
+            caller, subject, key_type, fingerprint, csr_bytes = size,
+            outcome = "ok", cert_fingerprint = %chain.leaf_fingerprint,
+            duration_ms, "SignCSR ok"
+        ),
+        Err(e) => tracing::warn!(
+            target: "vmi_cert_exchange::request",
+            caller, subject, key_type, fingerprint, csr_bytes = size,
+            outcome = e.outcome(), reason = %e,
+            duration_ms, "SignCSR failed"
+        ),
+    }
+}
