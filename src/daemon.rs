@@ -52,6 +52,11 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
         ));
     }
     let lock = StateLock::acquire(&opts.state_dir)?;
+    let conn = opts.bus.connect().await?;
+    // Say so before creating anything in the state directory.
+    if name_has_owner(&conn, crate::BUS_NAME).await? {
+        return Err(StartError::NameTaken(crate::BUS_NAME.to_string()));
+    }
     let transport: Arc<dyn HypervisorTransport> = match opts.transport {
         TransportKind::Emulator => {
             let ca = SoftCa::open_or_create(&lock)?;
@@ -69,7 +74,6 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
             ))
         }
     };
-    let conn = opts.bus.connect().await?;
     let signer = Signer::new(transport, opts.settings.clone());
     crate::serve(&conn, signer).await?;
     tracing::info!(
@@ -93,4 +97,13 @@ impl ServeOptions {
             TransportKind::Emulator => "emulator",
         }
     }
+}
+
+async fn name_has_owner(conn: &zbus::Connection, name: &str) -> Result<bool, StartError> {
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    let name =
+        zbus::names::BusName::try_from(name).map_err(|e| StartError::Failed(e.to_string()))?;
+    dbus.name_has_owner(name)
+        .await
+        .map_err(|e| StartError::Bus(e.to_string()))
 }

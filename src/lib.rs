@@ -42,10 +42,14 @@ pub async fn serve(conn: &Connection, signer: Arc<Signer>) -> Result<(), StartEr
     conn.object_server()
         .at(OBJECT_PATH, service::VmInterface::new(signer))
         .await?;
-    match conn
+    let reply = conn
         .request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into())
-        .await?
-    {
+        .await
+        .map_err(|e| match e {
+            zbus::Error::NameTaken => StartError::NameTaken(BUS_NAME.to_string()),
+            other => StartError::Bus(other.to_string()),
+        })?;
+    match reply {
         RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner => Ok(()),
         RequestNameReply::Exists | RequestNameReply::InQueue => {
             Err(StartError::NameTaken(BUS_NAME.to_string()))

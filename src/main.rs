@@ -110,7 +110,8 @@ struct DemoArgs {
     transport: TransportKind,
 }
 
-fn init_logging(verbose: u8, default: &str) {
+/// Sets up logging; true when it goes to the journal.
+fn init_logging(verbose: u8, default: &str) -> bool {
     let level = match verbose {
         0 => default.to_string(),
         1 => "debug,zbus=info".into(),
@@ -125,13 +126,15 @@ fn init_logging(verbose: u8, default: &str) {
                 .with(filter)
                 .with(journald.with_syslog_identifier("vmi-cert-exchange".into()))
                 .init();
-            return;
+            return true;
         }
     }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    false
 }
 
 fn serve_options(a: ServeArgs) -> Result<daemon::ServeOptions, StartError> {
@@ -211,7 +214,7 @@ fn main() -> ExitCode {
         Command::Serve(_) => "info,zbus=warn",
         _ => "warn",
     };
-    init_logging(cli.verbose, default_level);
+    let to_journal = init_logging(cli.verbose, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -225,8 +228,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("vmi-cert-exchange: {e}");
+            if to_journal {
+                tracing::error!(exit_code = e.exit_code(), "{e}");
+            } else {
+                eprintln!("vmi-cert-exchange: {e}");
+            }
             ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -48,6 +48,8 @@ pub struct Signer {
     transport: Arc<dyn HypervisorTransport>,
     settings: Settings,
     table: Mutex<Table>,
+    /// The number of requests in flight, for whoever needs to wait until none is left.
+    in_flight_count: watch::Sender<usize>,
 }
 
 enum Admission {
@@ -61,6 +63,7 @@ impl Signer {
             transport,
             settings,
             table: Mutex::new(Table::default()),
+            in_flight_count: watch::Sender::new(0),
         })
     }
 
@@ -78,6 +81,11 @@ impl Signer {
             in_flight: t.in_flight.len(),
             cached: t.cache.len(),
         }
+    }
+
+    /// Follows the number of requests in flight (e.g. to wait until it is 0).
+    pub fn watch_in_flight(&self) -> watch::Receiver<usize> {
+        self.in_flight_count.subscribe()
     }
 
     /// Signs the CSR text `input` sent by `caller` and logs one line about it.
@@ -138,12 +146,14 @@ impl Signer {
         }
         let (tx, rx) = watch::channel(None);
         table.in_flight.insert(key, rx.clone());
+        self.in_flight_count.send_replace(table.in_flight.len());
         drop(table);
         let this = self.clone();
         tokio::spawn(async move {
             let outcome = this.run(csr).await;
             let mut table = this.table.lock().unwrap_or_else(|p| p.into_inner());
             table.in_flight.remove(&key);
+            this.in_flight_count.send_replace(table.in_flight.len());
             if outcome.as_ref().err().is_none_or(Error::is_final) {
                 if table.cache.len() >= MAX_CACHED {
                     table.purge(this.settings.limits.result_ttl);

@@ -1,0 +1,543 @@
+//! The service binary on a private bus with the emulator transport, driven the way people and
+//! bmcweb drive it: zbus calls, busctl, the sign subcommand and the demo; answers checked with
+//! the openssl command-line tool.
+
+mod common;
+
+use std::{
+    fs::{File, OpenOptions},
+    os::unix::fs::PermissionsExt,
+    process::Command,
+};
+
+use common::*;
+
+async fn emulator(
+    dir: &std::path::Path,
+) -> (
+    vmi_cert_exchange::bus::PrivateBus,
+    zbus::Connection,
+    Service,
+) {
+    let bus = private_bus();
+    let conn = connect(&bus).await;
+    let state = dir.join("state");
+    let svc = Service::start(
+        &bus,
+        &conn,
+        &[
+            "--transport",
+            "emulator",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+    .await;
+    (bus, conn, svc)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signs_rsa_and_ec_csrs_made_by_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_bus, conn, _svc) = emulator(d).await;
+    for (kind, usage) in [
+        ("rsa2048", "Digital Signature, Key Encipherment"),
+        ("rsa4096", "Digital Signature, Key Encipherment"),
+        ("p256", "Digital Signature"),
+        ("p384", "Digital Signature"),
+    ] {
+        let key = genpkey(d, kind, kind);
+        let csr = req(
+            &key,
+            &format!("/O=Example HMC/CN=hmc-{kind}"),
+            &["-addext", "subjectAltName=DNS:hmc.example.com,IP:192.0.2.7"],
+        );
+        let chain = sign(&conn, &csr).await.unwrap();
+        let (leaf, _root) = check_chain_with_openssl(d, &chain, &key);
+        let leaf_file = d.join(format!("{kind}.crt"));
+        std::fs::write(&leaf_file, leaf).unwrap();
+        let text = openssl(&[
+            "x509",
+            "-in",
+            leaf_file.to_str().unwrap(),
+            "-noout",
+            "-text",
+        ]);
+        let subject = openssl(&[
+            "x509",
+            "-in",
+            leaf_file.to_str().unwrap(),
+            "-noout",
+            "-subject",
+        ]);
+        assert_eq!(
+            subject,
+            format!("subject=O = Example HMC, CN = hmc-{kind}\n")
+        );
+        let after = |label: &str| {
+            let mut lines = text.lines().skip_while(|l| !l.contains(label));
+            lines.next().expect(label);
+            lines.next().unwrap().trim().to_string()
+        };
+        assert_eq!(after("X509v3 Basic Constraints: critical"), "CA:FALSE");
+        assert_eq!(after("X509v3 Key Usage: critical"), usage);
+        assert_eq!(
+            after("X509v3 Extended Key Usage"),
+            "TLS Web Client Authentication"
+        );
+        assert_eq!(
+            after("X509v3 Subject Alternative Name"),
+            "DNS:hmc.example.com, IP Address:192.0.2.7"
+        );
+        let serial = openssl(&[
+            "x509",
+            "-in",
+            leaf_file.to_str().unwrap(),
+            "-noout",
+            "-serial",
+        ]);
+        assert!(
+            serial.len() > "serial=".len() + 16,
+            "random serial: {serial}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busctl_call_returns_the_chain_and_the_error_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (bus, _conn, _svc) = emulator(d).await;
+    let key = genpkey(d, "hmc", "p256");
+    let csr = req(&key, "/CN=busctl-user", &[]);
+    let busctl = |arg: &str| {
+        Command::new("busctl")
+            .arg(format!("--address={}", bus.address()))
+            .arg("--json=short")
+            .args([
+                "--",
+                "call",
+                "xyz.openbmc_project.HMC.VMInterface",
+                "/xyz/openbmc_project/HMC/VMInterface",
+                "xyz.openbmc_project.HMC.VMInterface",
+                "SignCSR",
+                "s",
+                arg,
+            ])
+            .output()
+            .expect("busctl must be installed (see .ci/run)")
+    };
+    let out = busctl(&csr);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["type"], "s");
+    let chain = reply["data"][0].as_str().unwrap();
+    check_chain_with_openssl(d, chain, &key);
+
+    let out = busctl("not a csr");
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "Call failed: the CSR is not PEM: expected a -----BEGIN CERTIFICATE REQUEST----- line\n"
+    );
+
+    // What a debugging user sees of the object.
+    let out = Command::new("busctl")
+        .arg(format!("--address={}", bus.address()))
+        .args([
+            "introspect",
+            "xyz.openbmc_project.HMC.VMInterface",
+            "/xyz/openbmc_project/HMC/VMInterface",
+            "xyz.openbmc_project.HMC.VMInterface",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(".SignCSR"))
+        .expect("SignCSR listed");
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        [".SignCSR", "method", "s", "s", "-"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_keeps_the_same_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bus = private_bus();
+    let conn = connect(&bus).await;
+    let state = d.join("state");
+    let args = [
+        "--transport",
+        "emulator",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let key = genpkey(d, "hmc", "p384");
+
+    let svc = Service::start(&bus, &conn, &args).await;
+    let first = sign(&conn, &req(&key, "/CN=first", &[])).await.unwrap();
+    svc.stop().await;
+    let key_mode = std::fs::metadata(state.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let ca_file = std::fs::read_to_string(state.join("ca.crt")).unwrap();
+
+    let _svc = Service::start(&bus, &conn, &args).await;
+    let second = sign(&conn, &req(&key, "/CN=second", &[])).await.unwrap();
+    let (_, root1) = check_chain_with_openssl(d, &first, &key);
+    let (_, root2) = check_chain_with_openssl(d, &second, &key);
+    assert_eq!(root1, root2);
+    assert_eq!(root1, ca_file);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_two_parallel_callers_each_get_their_own_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_bus, conn, _svc) = emulator(d).await;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let key = genpkey(
+            d,
+            &format!("k{i}"),
+            if i % 2 == 0 { "p256" } else { "rsa2048" },
+        );
+        let csr = req(&key, &format!("/CN=hmc-{i}"), &[]);
+        let conn = conn.clone();
+        tasks.push(tokio::spawn(async move { (key, sign(&conn, &csr).await) }));
+    }
+    let mut roots = std::collections::HashSet::new();
+    for t in tasks {
+        let (key, answer) = t.await.unwrap();
+        let (_, root) = check_chain_with_openssl(d, &answer.unwrap(), &key);
+        roots.insert(root);
+    }
+    assert_eq!(roots.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_subcommand_writes_the_chain_or_prints_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (bus, _conn, _svc) = emulator(d).await;
+    let key = genpkey(d, "hmc", "rsa2048");
+    let csr_file = d.join("hmc.csr");
+    std::fs::write(&csr_file, req(&key, "/CN=cli", &[])).unwrap();
+    let out_dir = d.join("out/nested");
+    let out = run_bin(&[
+        "sign",
+        "--address",
+        bus.address(),
+        "--csr",
+        csr_file.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chain = std::fs::read_to_string(out_dir.join("chain.pem")).unwrap();
+    let (leaf, root) = check_chain_with_openssl(d, &chain, &key);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("client.crt")).unwrap(),
+        leaf
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("ca.crt")).unwrap(),
+        root
+    );
+    let verified = openssl(&[
+        "verify",
+        "-CAfile",
+        out_dir.join("ca.crt").to_str().unwrap(),
+        out_dir.join("client.crt").to_str().unwrap(),
+    ]);
+    assert!(verified.ends_with(": OK\n"));
+
+    // Without --out the answer goes to stdout, byte for byte.
+    let out = run_bin(&[
+        "sign",
+        "--address",
+        bus.address(),
+        "--csr",
+        csr_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    check_chain_with_openssl(d, &printed, &key);
+
+    std::fs::write(&csr_file, "garbage").unwrap();
+    let out = run_bin(&[
+        "sign",
+        "--address",
+        bus.address(),
+        "--csr",
+        csr_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vmi-cert-exchange: xyz.openbmc_project.Common.Error.InvalidArgument: the CSR is not PEM: expected a -----BEGIN CERTIFICATE REQUEST----- line\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_state_lock_makes_a_second_process_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state.join("lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let bus = private_bus();
+    let out = run_bin(&[
+        "serve",
+        "--address",
+        bus.address(),
+        "--transport",
+        "emulator",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "state directory {} is in use by another vmi-cert-exchange process",
+            state.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !state.join("ca.key").exists(),
+        "nothing created without the lock"
+    );
+    drop(lock);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_present_or_corrupt_ca_is_exit_code_3_and_never_a_new_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bus = private_bus();
+    let conn = connect(&bus).await;
+    let args = [
+        "--transport",
+        "emulator",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    Service::start(&bus, &conn, &args).await.stop().await;
+    let key = std::fs::read(state.join("ca.key")).unwrap();
+
+    std::fs::remove_file(state.join("ca.crt")).unwrap();
+    let mut full = vec!["serve", "--address", bus.address()];
+    full.extend_from_slice(&args);
+    let out = run_bin(&full);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is half present: ca.key exists but ca.crt does not"),
+        "{stderr}"
+    );
+    assert!(!state.join("ca.crt").exists());
+    assert_eq!(std::fs::read(state.join("ca.key")).unwrap(), key);
+
+    std::fs::write(
+        state.join("ca.crt"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let out = run_bin(&full);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ca.crt is not a PEM certificate"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_refusals_have_clear_messages_and_non_zero_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let s = state.to_str().unwrap();
+
+    // The emulator on the system bus without the flag: refused before touching the bus.
+    let out = run_bin(&["serve", "--transport", "emulator", "--state-dir", s]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "refuses to run on the system bus unless --allow-emulator-on-system-bus is given"
+    ));
+
+    // An unreachable bus.
+    let out = run_bin(&[
+        "serve",
+        "--address",
+        "unix:path=/nonexistent/bus",
+        "--transport",
+        "emulator",
+        "--state-dir",
+        s,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("cannot connect to the D-Bus bus: unix:path=/nonexistent/bus"));
+
+    // A taken name.
+    let bus = private_bus();
+    let conn = connect(&bus).await;
+    let _first = Service::start(&bus, &conn, &["--transport", "emulator", "--state-dir", s]).await;
+    let other = dir.path().join("other");
+    let out = run_bin(&[
+        "serve",
+        "--address",
+        bus.address(),
+        "--transport",
+        "emulator",
+        "--state-dir",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "the bus name xyz.openbmc_project.HMC.VMInterface is already owned by another process"
+    ));
+
+    // A configuration file with an unknown key.
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[policy]\nkey_type = [\"p256\"]\n").unwrap();
+    let out = run_bin(&[
+        "serve",
+        "--address",
+        bus.address(),
+        "--transport",
+        "emulator",
+        "--state-dir",
+        other.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `key_type`"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_file_policy_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("vmi.toml");
+    std::fs::write(
+        &cfg,
+        "[policy]\nkey_types = [\"p384\"]\n[emulator]\nvalidity_days = 7\n",
+    )
+    .unwrap();
+    let bus = private_bus();
+    let conn = connect(&bus).await;
+    let state = d.join("state");
+    let _svc = Service::start(
+        &bus,
+        &conn,
+        &[
+            "--transport",
+            "emulator",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let p256 = genpkey(d, "p256", "p256");
+    let (name, message) = sign(&conn, &req(&p256, "/CN=x", &[])).await.unwrap_err();
+    assert_eq!(name, common("InvalidArgument"));
+    assert_eq!(
+        message,
+        "EC prime256v1 keys are not accepted (allowed: EC P-384)"
+    );
+    let p384 = genpkey(d, "p384", "p384");
+    let chain = sign(&conn, &req(&p384, "/CN=x", &[])).await.unwrap();
+    let (leaf, _) = check_chain_with_openssl(d, &chain, &p384);
+    let leaf_file = d.join("leaf.crt");
+    std::fs::write(&leaf_file, leaf).unwrap();
+    // 7 days of validity: valid in 6 days, expired in 8.
+    let checkend = |secs: u64| {
+        Command::new("openssl")
+            .args([
+                "x509",
+                "-in",
+                leaf_file.to_str().unwrap(),
+                "-noout",
+                "-checkend",
+                &secs.to_string(),
+            ])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(checkend(6 * 86400));
+    assert!(!checkend(8 * 86400));
+}
+
+#[test]
+fn demo_completes_the_mutual_tls_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo-out");
+    let out = run_bin(&["demo", "--out", out_dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("mutual TLS handshake with client.key + client.crt: TLSv1.3"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("a client without a certificate is refused by the endpoint"));
+    assert!(stdout.contains("demo succeeded"));
+    let verified = openssl(&[
+        "verify",
+        "-CAfile",
+        out_dir.join("ca.crt").to_str().unwrap(),
+        out_dir.join("client.crt").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        verified,
+        format!("{}: OK\n", out_dir.join("client.crt").display())
+    );
+    let mode = std::fs::metadata(out_dir.join("client.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let chain = std::fs::read_to_string(out_dir.join("chain.pem")).unwrap();
+    check_chain_with_openssl(dir.path(), &chain, &out_dir.join("client.key"));
+    let csr_pub = openssl(&[
+        "req",
+        "-in",
+        out_dir.join("client.csr").to_str().unwrap(),
+        "-noout",
+        "-pubkey",
+    ]);
+    let key_pub = openssl(&[
+        "pkey",
+        "-in",
+        out_dir.join("client.key").to_str().unwrap(),
+        "-pubout",
+    ]);
+    assert_eq!(csr_pub, key_pub);
+    let _ = File::open(out_dir.join("chain.pem")).unwrap();
+}
