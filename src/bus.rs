@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
 use zbus::{connection, fdo::DBusProxy, Connection};
 
 use crate::{error::StartError, util::TempDir};
@@ -50,13 +49,13 @@ impl Bus {
         }
     }
 
+    /// A connection builder; an unusable address shows up when it is built.
     pub fn builder(&self) -> Result<connection::Builder<'static>, StartError> {
-        let b = match self {
+        Ok(match self {
             Bus::System => connection::Builder::system(),
             Bus::Session => connection::Builder::session(),
             Bus::Address(a) => connection::Builder::address(a.as_str()),
-        };
-        b.map_err(|e| StartError::Bus(e.to_string()))
+        })
     }
 
     pub async fn connect(&self) -> Result<Connection, StartError> {
@@ -183,10 +182,18 @@ pub async fn wait_for_name(conn: &Connection, name: &str) -> zbus::Result<()> {
     if dbus.name_has_owner(name.try_into()?).await? {
         return Ok(());
     }
-    while let Some(signal) = changes.next().await {
+    while let Some(signal) = next(&mut changes).await {
         if signal.args().is_ok_and(|a| a.new_owner().is_some()) {
             return Ok(());
         }
     }
     Err(zbus::Error::Failure("the bus closed".into()))
+}
+
+/// The next item of a signal stream.
+pub async fn next<S>(stream: &mut S) -> Option<S::Item>
+where
+    S: zbus::export::futures_core::Stream + Unpin,
+{
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
 }

@@ -13,8 +13,7 @@ use crate::{bus::Bus, error::StartError, util::pem_blocks};
 #[proxy(
     interface = "xyz.openbmc_project.HMC.VMInterface",
     default_service = "xyz.openbmc_project.HMC.VMInterface",
-    default_path = "/xyz/openbmc_project/HMC/VMInterface",
-    gen_blocking = false
+    default_path = "/xyz/openbmc_project/HMC/VMInterface"
 )]
 pub trait VmInterface {
     #[zbus(name = "SignCSR")]

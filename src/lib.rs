@@ -43,7 +43,7 @@ pub async fn serve(conn: &Connection, signer: Arc<Signer>) -> Result<(), StartEr
         .at(OBJECT_PATH, service::VmInterface::new(signer))
         .await?;
     let reply = conn
-        .request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into())
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
         .await
         .map_err(|e| match e {
             zbus::Error::NameTaken => StartError::NameTaken(BUS_NAME.to_string()),

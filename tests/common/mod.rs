@@ -20,7 +20,6 @@ pub fn private_bus() -> PrivateBus {
 
 pub async fn connect(bus: &PrivateBus) -> zbus::Connection {
     zbus::connection::Builder::address(bus.address())
-        .unwrap()
         .method_timeout(Duration::from_secs(30))
         .build()
         .await
