@@ -7,8 +7,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -29,7 +28,7 @@ use openssl::{
     },
 };
 
-use crate::{csr::ValidCsr, error::StartError};
+use crate::{csr::ValidCsr, error::StartError, util::write_new_file};
 
 pub const KEY_FILE: &str = "ca.key";
 pub const CERT_FILE: &str = "ca.crt";
@@ -363,32 +362,6 @@ impl SoftCa {
         b.sign(&self.key, digest_for(&self.key))?;
         Ok(b.build())
     }
-}
-
-/// Creates `path` (which must not exist), writes it whole and syncs it.
-pub fn write_new_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
-    // The umask may have narrowed the mode; a public certificate should stay readable.
-    f.set_permissions(fs::Permissions::from_mode(mode))?;
-    f.write_all(data)?;
-    f.sync_all()
-}
-
-/// Replaces `path` atomically: writes a temporary file beside it, then renames it over.
-pub fn write_file_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let result = write_new_file(&tmp, data, mode).and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn remove_stale_temporaries(dir: &Path) {

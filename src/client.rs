@@ -120,7 +120,7 @@ pub fn write_chain(dir: &Path, chain: &str) -> Result<(), StartError> {
         ("ca.crt", blocks[1].as_str()),
     ] {
         let path = dir.join(name);
-        crate::ca::write_file_atomically(&path, data.as_bytes(), 0o644)
+        crate::util::write_file_atomically(&path, data.as_bytes(), 0o644)
             .map_err(|e| io(&path, e))?;
     }
     Ok(())

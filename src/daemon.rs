@@ -8,7 +8,11 @@ use crate::{
     config::Settings,
     error::StartError,
     signer::Signer,
-    transport::{emulator::Emulator, HypervisorTransport},
+    transport::{
+        emulator::Emulator,
+        pldm::{Pldm, PldmOptions},
+        HypervisorTransport,
+    },
 };
 
 /// Which transport carries CSRs to the hypervisor.
@@ -36,6 +40,10 @@ pub struct ServeOptions {
     pub allow_emulator_on_system_bus: bool,
     pub state_dir: PathBuf,
     pub settings: Settings,
+    /// pldm: the root certificate file the host pushes.
+    pub root_cert_file: PathBuf,
+    /// pldm: serve the upstream-compatible asynchronous Authority API.
+    pub authority_api: bool,
 }
 
 /// Runs the service until `shutdown` completes.
@@ -68,10 +76,23 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
             Arc::new(Emulator::new(ca, opts.settings.validity_days))
         }
         TransportKind::Pldm => {
-            return Err(StartError::Usage(
-                "the pldm transport is not available in this build; use --transport emulator"
-                    .into(),
-            ))
+            let pldm = Pldm::start(
+                &PldmOptions {
+                    bus: opts.bus.clone(),
+                    state_dir: opts.state_dir.clone(),
+                    root_cert_file: opts.root_cert_file.clone(),
+                    authority_api: opts.authority_api,
+                },
+                &opts.settings,
+            )
+            .await?;
+            tracing::info!(
+                manager = crate::transport::pldm::MANAGER_NAME,
+                root_cert_file = %opts.root_cert_file.display(),
+                authority_api = opts.authority_api,
+                "pldm transport ready"
+            );
+            Arc::new(pldm)
         }
     };
     let signer = Signer::new(transport, opts.settings.clone());

@@ -21,10 +21,10 @@ use tokio::process::{Child, Command};
 
 use crate::{
     bus::{wait_for_name, PrivateBus},
-    ca::{write_file_atomically, SoftCa},
+    ca::SoftCa,
     client::{describe, write_chain, VmInterfaceProxy, CALL_TIMEOUT},
     error::StartError,
-    util::{pem_blocks, TempDir},
+    util::{pem_blocks, write_file_atomically, TempDir},
 };
 
 pub struct DemoOptions {

@@ -21,6 +21,7 @@ mod der;
 pub mod error;
 pub mod service;
 pub mod signer;
+pub mod simulate;
 pub mod transport;
 pub mod util;
 

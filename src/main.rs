@@ -10,6 +10,7 @@ use vmi_cert_exchange::{
     daemon::{self, TransportKind},
     demo,
     error::StartError,
+    simulate,
 };
 
 #[derive(Parser)]
@@ -50,6 +51,28 @@ enum Command {
     Sign(SignArgs),
     /// Run the whole exchange end to end on a private bus, with a mutual-TLS handshake.
     Demo(DemoArgs),
+    /// Play pldmd + hypervisor on a bus, for the pldm transport (development and tests).
+    SimulateHost(SimulateArgs),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    #[command(flatten)]
+    bus: BusArgs,
+    /// State directory of the simulated hypervisor's CA.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Where to write the root certificate, as the host pushes it.
+    #[arg(long, default_value = vmi_cert_exchange::transport::pldm::DEFAULT_ROOT_CERT_FILE)]
+    root_cert_file: PathBuf,
+    /// none, pending-ack, delay:<seconds>, silent, bad-csr, wrong-key, wrong-root, root-first,
+    /// duplicate, crlf, garbage, empty, no-root-file, ca-true.
+    #[arg(long, default_value = "none")]
+    fault: simulate::Fault,
+    /// Also serve host 0's CurrentHostState with this value (e.g.
+    /// xyz.openbmc_project.State.Host.HostState.Off).
+    #[arg(long)]
+    host_state: Option<String>,
 }
 
 #[derive(Args)]
@@ -83,6 +106,12 @@ struct ServeArgs {
     /// TOML configuration file (flags win over it).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// pldm: the root certificate file the host pushes when VMI boots.
+    #[arg(long, default_value = vmi_cert_exchange::transport::pldm::DEFAULT_ROOT_CERT_FILE)]
+    root_cert_file: PathBuf,
+    /// pldm: do not serve the asynchronous xyz.openbmc_project.Certs.Authority API.
+    #[arg(long)]
+    no_authority_api: bool,
 }
 
 #[derive(Args)]
@@ -170,6 +199,8 @@ fn serve_options(a: ServeArgs) -> Result<daemon::ServeOptions, StartError> {
         allow_emulator_on_system_bus: a.allow_emulator_on_system_bus,
         state_dir: a.state_dir,
         settings,
+        root_cert_file: a.root_cert_file,
+        authority_api: !a.no_authority_api,
     })
 }
 
@@ -195,6 +226,19 @@ async fn run(command: Command) -> Result<(), StartError> {
             })
             .await
         }
+        Command::SimulateHost(a) => {
+            simulate::run(
+                simulate::SimulateOptions {
+                    bus: a.bus.bus()?,
+                    state_dir: a.state_dir,
+                    root_cert_file: a.root_cert_file,
+                    fault: a.fault,
+                    host_state: a.host_state,
+                },
+                terminated(),
+            )
+            .await
+        }
         Command::Demo(a) => {
             let demo = demo::run(demo::DemoOptions {
                 out: a.out,
@@ -211,7 +255,7 @@ async fn run(command: Command) -> Result<(), StartError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Serve(_) => "info,zbus=warn",
+        Command::Serve(_) | Command::SimulateHost(_) => "info,zbus=warn",
         _ => "warn",
     };
     let to_journal = init_logging(cli.verbose, default_level);

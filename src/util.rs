@@ -1,8 +1,9 @@
 //! Small helpers shared by the subcommands.
 
 use std::{
-    fs,
-    os::unix::fs::DirBuilderExt,
+    fs::{self, OpenOptions},
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -34,6 +35,32 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// Creates `path` (which must not exist), writes it whole and syncs it.
+pub fn write_new_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    // The umask may have narrowed the mode; a public certificate should stay readable.
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Replaces `path` atomically: writes a temporary file beside it, then renames it over.
+pub fn write_file_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let result = write_new_file(&tmp, data, mode).and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Splits a chain PEM into its blocks, each ending in a newline.

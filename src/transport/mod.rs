@@ -6,6 +6,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use crate::{chain::Answer, csr::ValidCsr, error::Error};
 
 pub mod emulator;
+pub mod pldm;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -1,0 +1,222 @@
+//! The D-Bus objects of the pldm transport: certificate entries (what pldmd reads and writes)
+//! and the Authority API at the Manager object. They convert types and errors; the entry
+//! lifecycle lives in the parent module.
+
+// D-Bus argument names follow the interface definitions (`CSR`), not Rust's case rules.
+#![allow(non_snake_case)]
+
+use std::sync::{Arc, Weak};
+
+use tokio::sync::watch;
+use zbus::{interface, message::Header, OwnedObjectPath};
+
+use super::{
+    entry_path, EntryState, Shared, MAX_PROPERTY_BYTES, STATUS_BAD_CSR, STATUS_COMPLETE,
+    STATUS_PENDING,
+};
+use crate::{
+    csr::{self, ValidCsr},
+    error::{Error, Escaped, WireError},
+};
+
+/// Why a Set is refused, or `None` when pldmd may write `value` now.
+pub(super) fn refuse_set(current: &EntryState, property: &str, value: &str) -> Option<String> {
+    if value.len() > MAX_PROPERTY_BYTES {
+        return Some(format!("{property} is larger than 64 KiB"));
+    }
+    if current.deleted {
+        return Some("the certificate entry is being removed".into());
+    }
+    if current.status != STATUS_PENDING {
+        return Some("the certificate entry is no longer Pending".into());
+    }
+    if property == "Status" && ![STATUS_PENDING, STATUS_BAD_CSR, STATUS_COMPLETE].contains(&value) {
+        return Some("unknown Status value".into());
+    }
+    None
+}
+
+/// `xyz.openbmc_project.Certs.Entry`: what pldmd writes.
+pub(super) struct EntryIface {
+    pub(super) id: u64,
+    pub(super) state: watch::Sender<EntryState>,
+}
+
+impl EntryIface {
+    fn set(
+        &self,
+        header: Option<&Header<'_>>,
+        property: &str,
+        value: String,
+    ) -> Result<(), WireError> {
+        let mut refused = None;
+        self.state.send_if_modified(|s| {
+            refused = refuse_set(s, property, &value);
+            if refused.is_some() {
+                return false;
+            }
+            match property {
+                "Status" => s.status = value.clone(),
+                _ => s.client_certificate = value.clone(),
+            }
+            true
+        });
+        let sender = header
+            .and_then(|h| h.sender())
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        match refused {
+            Some(why) => {
+                tracing::warn!(entry = self.id, property, sender = %Escaped(&sender), bytes = value.len(), reason = %why, "refused a property Set on a certificate entry");
+                Err(Error::SetRefused(why).into())
+            }
+            None => {
+                tracing::debug!(entry = self.id, property, sender = %Escaped(&sender), bytes = value.len(), "certificate entry property set");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[interface(name = "xyz.openbmc_project.Certs.Entry")]
+impl EntryIface {
+    #[zbus(property)]
+    fn client_certificate(&self) -> String {
+        self.state.borrow().client_certificate.clone()
+    }
+
+    #[zbus(property)]
+    fn set_client_certificate(
+        &self,
+        #[zbus(header)] header: Option<Header<'_>>,
+        value: String,
+    ) -> Result<(), WireError> {
+        self.set(header.as_ref(), "ClientCertificate", value)
+    }
+
+    #[zbus(property)]
+    fn status(&self) -> String {
+        self.state.borrow().status.clone()
+    }
+
+    #[zbus(property)]
+    fn set_status(
+        &self,
+        #[zbus(header)] header: Option<Header<'_>>,
+        value: String,
+    ) -> Result<(), WireError> {
+        self.set(header.as_ref(), "Status", value)
+    }
+}
+
+/// `xyz.openbmc_project.Object.Delete`.
+pub(super) struct DeleteIface {
+    pub(super) id: u64,
+    pub(super) shared: Weak<Shared>,
+}
+
+#[interface(name = "xyz.openbmc_project.Object.Delete")]
+impl DeleteIface {
+    async fn delete(&self) {
+        let id = self.id;
+        if let Some(shared) = self.shared.upgrade() {
+            // Removing this very object from inside its own method call would wait on itself.
+            tokio::spawn(async move {
+                shared.remove_entry(id).await;
+            });
+        }
+    }
+}
+
+/// `xyz.openbmc_project.PLDM.Provider.Certs.Authority.CSR`: what pldmd reads.
+pub(super) struct CsrIface {
+    pub(super) csr: String,
+}
+
+#[interface(name = "xyz.openbmc_project.PLDM.Provider.Certs.Authority.CSR")]
+impl CsrIface {
+    #[zbus(property(emits_changed_signal = "const"), name = "CSR")]
+    fn csr(&self) -> String {
+        self.csr.clone()
+    }
+}
+
+/// `xyz.openbmc_project.Certs.Authority`, as bmc-vmi-ca serves it: IBM's bmcweb route
+/// `/ibm/v1/Host/Actions/SignCSR` calls it, watches the entry, reads ClientCertificate and
+/// deletes the entry. Our intake and validation run first.
+pub(super) struct Authority {
+    pub(super) shared: Arc<Shared>,
+}
+
+#[interface(name = "xyz.openbmc_project.Certs.Authority")]
+impl Authority {
+    #[zbus(name = "SignCSR", out_args("path"))]
+    async fn sign_csr(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        CSR: String,
+    ) -> Result<OwnedObjectPath, WireError> {
+        let caller = header.sender().map(|s| s.to_string()).unwrap_or_default();
+        let result = self.create(&CSR).await;
+        match &result {
+            Ok((id, csr)) => tracing::info!(
+                target: "vmi_cert_exchange::request",
+                caller = %Escaped(&caller), subject = %csr.subject, key_type = %csr.key_type,
+                fingerprint = %csr.fingerprint_hex(), entry = id, outcome = "entry created",
+                "Authority.SignCSR"
+            ),
+            Err(e) => tracing::warn!(
+                target: "vmi_cert_exchange::request",
+                caller = %Escaped(&caller), outcome = e.outcome(), reason = %e, "Authority.SignCSR failed"
+            ),
+        }
+        let (id, _) = result?;
+        OwnedObjectPath::try_from(entry_path(id))
+            .map_err(|e| WireError::from(Error::Internal(e.to_string())))
+    }
+}
+
+impl Authority {
+    async fn create(&self, input: &str) -> Result<(u64, ValidCsr), Error> {
+        let csr = csr::validate(input, &self.shared.settings.policy)?;
+        let limit = self.shared.settings.limits.max_in_flight;
+        if self.shared.entry_count() >= limit {
+            return Err(Error::InFlightLimit(limit));
+        }
+        let (id, _) = self.shared.create_entry(&csr.pem).await?;
+        // The entry shows what pldmd set until Delete, DeleteAll or the request lifetime.
+        let shared = Arc::downgrade(&self.shared);
+        let lifetime = self.shared.settings.limits.request_lifetime;
+        tokio::spawn(async move {
+            tokio::time::sleep(lifetime).await;
+            if let Some(shared) = shared.upgrade() {
+                if shared.remove_entry(id).await {
+                    tracing::info!(entry = id, "certificate entry expired");
+                }
+            }
+        });
+        Ok((id, csr))
+    }
+}
+
+/// `xyz.openbmc_project.Collection.DeleteAll`.
+pub(super) struct DeleteAll {
+    pub(super) shared: Arc<Shared>,
+}
+
+#[interface(name = "xyz.openbmc_project.Collection.DeleteAll")]
+impl DeleteAll {
+    async fn delete_all(&self) {
+        let ids: Vec<u64> = self
+            .shared
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for id in ids {
+            self.shared.remove_entry(id).await;
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! The `pldm` transport against the host simulator on a private bus: the production path as
+//! pldmd drives it, with the ways real hosts misbehave. Waits follow D-Bus signals or the
+//! service's own deadlines; nothing sleeps to wait for readiness.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use tokio::process::Child;
+use vmi_cert_exchange::{
+    bus::{next, wait_for_name, PrivateBus},
+    transport::pldm::{MANAGER_NAME, MANAGER_PATH, PLDM_NAME, STATUS_COMPLETE},
+};
+use zbus::{message::Type, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant};
+
+struct Rig {
+    bus: PrivateBus,
+    conn: zbus::Connection,
+    dir: tempfile::TempDir,
+    root_file: PathBuf,
+}
+
+impl Rig {
+    async fn new() -> Self {
+        let bus = private_bus();
+        let conn = connect(&bus).await;
+        let dir = tempfile::tempdir().unwrap();
+        let root_file = dir.path().join("bmcweb/RootCert");
+        Rig {
+            bus,
+            conn,
+            dir,
+            root_file,
+        }
+    }
+
+    fn d(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `simulate-host --fault <fault>`, waited for by its bus name.
+    async fn host(&self, fault: &str, extra: &[&str]) -> Child {
+        let log = self.d().join(format!("host-{}.log", rand_hex()));
+        let mut child = tokio::process::Command::new(BIN)
+            .args([
+                "simulate-host",
+                "--address",
+                self.bus.address(),
+                "--state-dir",
+            ])
+            .arg(self.d().join("host-state"))
+            .arg("--root-cert-file")
+            .arg(&self.root_file)
+            .args(["--fault", fault])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::select! {
+            r = wait_for_name(&self.conn, PLDM_NAME) => r.unwrap(),
+            s = child.wait() => panic!("simulator exited ({s:?}): {}", std::fs::read_to_string(&log).unwrap()),
+        }
+        child
+    }
+
+    async fn service(&self, extra: &[&str]) -> Service {
+        let state = self.d().join("service-state");
+        let mut args = vec![
+            "--transport",
+            "pldm",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--root-cert-file",
+            self.root_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let svc = Service::start(&self.bus, &self.conn, &args).await;
+        wait_for_name(&self.conn, MANAGER_NAME).await.unwrap();
+        svc
+    }
+
+    fn csr(&self, name: &str) -> (PathBuf, String) {
+        let key = genpkey(self.d(), name, "p256");
+        let csr = req(&key, &format!("/CN={name}"), &[]);
+        (key, csr)
+    }
+
+    /// InterfacesAdded/InterfacesRemoved from the Manager's ObjectManager.
+    async fn entry_signals(&self) -> MessageStream {
+        let rule = MatchRule::builder()
+            .msg_type(Type::Signal)
+            .path(MANAGER_PATH)
+            .interface("org.freedesktop.DBus.ObjectManager")
+            .build()
+            .unwrap();
+        // Room for every signal of a test: a full queue would stall the whole connection.
+        let room = std::num::NonZeroUsize::new(1024);
+        MessageStream::for_match_rule(rule, &self.conn, room)
+            .await
+            .unwrap()
+    }
+
+    async fn managed_objects(&self) -> Vec<String> {
+        let reply = self
+            .conn
+            .call_method(
+                Some(MANAGER_NAME),
+                MANAGER_PATH,
+                Some("org.freedesktop.DBus.ObjectManager"),
+                "GetManagedObjects",
+                &(),
+            )
+            .await
+            .unwrap();
+        type Objects = HashMap<OwnedObjectPath, HashMap<String, HashMap<String, OwnedVariant>>>;
+        let objects: Objects = reply.body().deserialize().unwrap();
+        // Intermediate nodes (`.../ca/entry`) are listed too; only entries count here.
+        let mut paths: Vec<_> = objects
+            .iter()
+            .filter(|(_, ifaces)| ifaces.contains_key("xyz.openbmc_project.Certs.Entry"))
+            .map(|(p, _)| p.as_str().to_string())
+            .collect();
+        paths.sort();
+        paths
+    }
+}
+
+/// The next InterfacesAdded/Removed: (member, entry path, interface names).
+async fn next_entry_signal(stream: &mut MessageStream) -> (String, String, Vec<String>) {
+    let msg = tokio::time::timeout(Duration::from_secs(30), next(stream))
+        .await
+        .expect("an entry signal within 30 s")
+        .unwrap()
+        .unwrap();
+    let member = msg.header().member().unwrap().to_string();
+    if member == "InterfacesAdded" {
+        let (path, ifaces): (
+            OwnedObjectPath,
+            HashMap<String, HashMap<String, OwnedVariant>>,
+        ) = msg.body().deserialize().unwrap();
+        (
+            member,
+            path.as_str().to_string(),
+            ifaces.into_keys().collect(),
+        )
+    } else {
+        let (path, ifaces): (OwnedObjectPath, Vec<String>) = msg.body().deserialize().unwrap();
+        (member, path.as_str().to_string(), ifaces)
+    }
+}
+
+const ENTRY1: &str = "/xyz/openbmc_project/certs/ca/entry/1";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pldm_path_signs_and_the_entry_comes_and_goes_in_order() {
+    let rig = Rig::new().await;
+    let _host = rig.host("none", &[]).await;
+    let _svc = rig.service(&[]).await;
+    let mut signals = rig.entry_signals().await;
+    let (key, csr) = rig.csr("hmc01");
+    let chain = sign(&rig.conn, &csr).await.unwrap();
+    let (_, root) = check_chain_with_openssl(rig.d(), &chain, &key);
+    assert_eq!(root, std::fs::read_to_string(&rig.root_file).unwrap());
+
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let (member, path, ifaces) = next_entry_signal(&mut signals).await;
+        assert_eq!(path, ENTRY1);
+        seen.push((member, ifaces.join(",")));
+    }
+    let expected: Vec<(String, String)> = [
+        ("InterfacesAdded", "xyz.openbmc_project.Certs.Entry"),
+        ("InterfacesAdded", "xyz.openbmc_project.Object.Delete"),
+        (
+            "InterfacesAdded",
+            "xyz.openbmc_project.PLDM.Provider.Certs.Authority.CSR",
+        ),
+        (
+            "InterfacesRemoved",
+            "xyz.openbmc_project.PLDM.Provider.Certs.Authority.CSR",
+        ),
+        ("InterfacesRemoved", "xyz.openbmc_project.Object.Delete"),
+        ("InterfacesRemoved", "xyz.openbmc_project.Certs.Entry"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+
+    // busctl call, as a BMC developer debugs it.
+    let out = Command::new("busctl")
+        .arg(format!("--address={}", rig.bus.address()))
+        .args([
+            "--json=short",
+            "--",
+            "call",
+            "xyz.openbmc_project.HMC.VMInterface",
+            "/xyz/openbmc_project/HMC/VMInterface",
+            "xyz.openbmc_project.HMC.VMInterface",
+            "SignCSR",
+            "s",
+        ])
+        .arg(rig.csr("busctl").1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        vmi_cert_exchange::util::pem_blocks(reply["data"][0].as_str().unwrap()).len(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_map_to_the_documented_errors() {
+    let cases: [(&str, &str, &str); 7] = [
+        (
+            "bad-csr",
+            "InvalidArgument",
+            "the hypervisor rejected the CSR",
+        ),
+        (
+            "wrong-key",
+            "InternalFailure",
+            "the hypervisor returned a certificate for a different key than the CSR's",
+        ),
+        (
+            "garbage",
+            "InternalFailure",
+            "the hypervisor's answer is unusable: it is not a sequence of PEM certificates",
+        ),
+        (
+            "empty",
+            "InternalFailure",
+            "the hypervisor returned no certificate",
+        ),
+        (
+            "ca-true",
+            "InternalFailure",
+            "the hypervisor issued a CA certificate (CA:TRUE)",
+        ),
+        (
+            "wrong-root",
+            "NoCACertificate",
+            "the root certificate does not verify the client certificate",
+        ),
+        (
+            "no-root-file",
+            "NoCACertificate",
+            "the hypervisor has not provided its root certificate yet",
+        ),
+    ];
+    for (fault, name, message) in cases {
+        let rig = Rig::new().await;
+        let _host = rig.host(fault, &[]).await;
+        let _svc = rig.service(&[]).await;
+        let (_, csr) = rig.csr("hmc");
+        let got = sign(&rig.conn, &csr).await.expect_err(fault);
+        assert_eq!(got, (common(name), message.to_string()), "fault {fault}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn untidy_answers_become_a_clean_leaf_then_root_chain() {
+    for fault in ["root-first", "duplicate", "crlf", "pending-ack"] {
+        let rig = Rig::new().await;
+        let _host = rig.host(fault, &[]).await;
+        let _svc = rig.service(&[]).await;
+        let (key, csr) = rig.csr("hmc");
+        let chain = sign(&rig.conn, &csr)
+            .await
+            .unwrap_or_else(|e| panic!("{fault}: {e:?}"));
+        let (_, root) = check_chain_with_openssl(rig.d(), &chain, &key);
+        assert_eq!(
+            root,
+            std::fs::read_to_string(&rig.root_file).unwrap(),
+            "{fault}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_delay_succeeds_and_a_long_one_is_unavailable_then_the_retry_succeeds() {
+    let rig = Rig::new().await;
+    let _host = rig.host("delay:0.3", &[]).await;
+    let _svc = rig.service(&["--sign-timeout", "10"]).await;
+    let (key, csr) = rig.csr("quick");
+    check_chain_with_openssl(rig.d(), &sign(&rig.conn, &csr).await.unwrap(), &key);
+
+    let rig = Rig::new().await;
+    let _host = rig.host("delay:3", &[]).await;
+    let _svc = rig.service(&["--sign-timeout", "0.5"]).await;
+    let (key, csr) = rig.csr("slow");
+    assert_eq!(
+        sign(&rig.conn, &csr).await.unwrap_err(),
+        (
+            common("Unavailable"),
+            "signing in progress, retry with the same CSR".to_string()
+        )
+    );
+    // The client's retry loop, as `sign --wait` uses it.
+    let chain =
+        vmi_cert_exchange::client::sign_with_retry(&rig.conn, &csr, Duration::from_secs(30))
+            .await
+            .unwrap();
+    check_chain_with_openssl(rig.d(), &chain, &key);
+    let counter = std::fs::read_to_string(rig.d().join("service-state/entry-counter")).unwrap();
+    assert_eq!(counter, "1\n", "the retries shared one entry");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_host_gives_unavailable_and_the_entry_goes_after_the_lifetime() {
+    let rig = Rig::new().await;
+    let _host = rig.host("silent", &[]).await;
+    let _svc = rig
+        .service(&["--sign-timeout", "0.3", "--request-lifetime", "1.5"])
+        .await;
+    let mut signals = rig.entry_signals().await;
+    let (_, csr) = rig.csr("lost");
+    let (name, _) = sign(&rig.conn, &csr).await.unwrap_err();
+    assert_eq!(name, common("Unavailable"));
+    assert_eq!(
+        rig.managed_objects().await,
+        vec![ENTRY1.to_string()],
+        "still waiting for the host"
+    );
+    let mut removed = Vec::new();
+    while removed.len() < 3 {
+        let (member, path, ifaces) = next_entry_signal(&mut signals).await;
+        if member == "InterfacesRemoved" {
+            assert_eq!(path, ENTRY1);
+            removed.extend(ifaces);
+        }
+    }
+    assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_pldmd_or_a_host_that_is_off_answers_unavailable_at_once() {
+    let rig = Rig::new().await;
+    let _svc = rig.service(&[]).await;
+    let (_, csr) = rig.csr("nobody");
+    assert_eq!(
+        sign(&rig.conn, &csr).await.unwrap_err(),
+        (
+            common("Unavailable"),
+            "pldmd is not running (xyz.openbmc_project.PLDM has no owner); retry later".to_string()
+        )
+    );
+    assert_eq!(
+        rig.managed_objects().await,
+        Vec::<String>::new(),
+        "no entry was made"
+    );
+
+    let _host = rig
+        .host(
+            "none",
+            &[
+                "--host-state",
+                "xyz.openbmc_project.State.Host.HostState.Off",
+            ],
+        )
+        .await;
+    wait_for_name(&rig.conn, "xyz.openbmc_project.State.Host0")
+        .await
+        .unwrap();
+    assert_eq!(
+        sign(&rig.conn, &csr).await.unwrap_err(),
+        (
+            common("Unavailable"),
+            "the host is not running (CurrentHostState Off); retry when it runs".to_string()
+        )
+    );
+    assert!(
+        !rig.d().join("service-state/entry-counter").exists(),
+        "no entry was made"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_two_parallel_callers_through_pldm_and_no_entry_is_left() {
+    let rig = Rig::new().await;
+    let _host = rig
+        .host(
+            "none",
+            &[
+                "--host-state",
+                "xyz.openbmc_project.State.Host.HostState.Running",
+            ],
+        )
+        .await;
+    let _svc = rig.service(&[]).await;
+    let mut signals = rig.entry_signals().await;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let (key, csr) = rig.csr(&format!("hmc{i}"));
+        let conn = rig.conn.clone();
+        tasks.push(tokio::spawn(async move { (key, sign(&conn, &csr).await) }));
+    }
+    for t in tasks {
+        let (key, answer) = t.await.unwrap();
+        check_chain_with_openssl(rig.d(), &answer.unwrap(), &key);
+    }
+    let mut removed_entries = 0;
+    while removed_entries < 32 {
+        let (member, _, ifaces) = next_entry_signal(&mut signals).await;
+        if member == "InterfacesRemoved" && ifaces == ["xyz.openbmc_project.Certs.Entry"] {
+            removed_entries += 1;
+        }
+    }
+    assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_simulator_picks_up_the_pending_request_and_ids_never_repeat() {
+    let rig = Rig::new().await;
+    let mut host = rig.host("delay:600", &[]).await;
+    let svc = rig.service(&["--sign-timeout", "0.5"]).await;
+    let mut signals = rig.entry_signals().await;
+    let (key, csr) = rig.csr("survivor");
+    assert_eq!(
+        sign(&rig.conn, &csr).await.unwrap_err().0,
+        common("Unavailable")
+    );
+
+    // The host dies mid-request and comes back: the service announces the entry again.
+    host.kill().await.unwrap();
+    let _host = rig.host("none", &[]).await;
+    let chain =
+        vmi_cert_exchange::client::sign_with_retry(&rig.conn, &csr, Duration::from_secs(30))
+            .await
+            .unwrap();
+    check_chain_with_openssl(rig.d(), &chain, &key);
+    let (other_key, other) = rig.csr("other");
+    check_chain_with_openssl(rig.d(), &sign(&rig.conn, &other).await.unwrap(), &other_key);
+
+    // A service restart continues the id sequence.
+    svc.stop().await;
+    let _svc = rig.service(&[]).await;
+    let (_, third) = rig.csr("third");
+    sign(&rig.conn, &third).await.unwrap();
+    let mut added = Vec::new();
+    while let Ok(signal) =
+        tokio::time::timeout(Duration::from_secs(5), next_entry_signal(&mut signals)).await
+    {
+        if signal.0 == "InterfacesAdded" && signal.2 == ["xyz.openbmc_project.Certs.Entry"] {
+            added.push(signal.1);
+        }
+        if added.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        added,
+        [
+            "/xyz/openbmc_project/certs/ca/entry/1",
+            "/xyz/openbmc_project/certs/ca/entry/2",
+            "/xyz/openbmc_project/certs/ca/entry/3"
+        ]
+    );
+}
+
+#[zbus::proxy(
+    interface = "xyz.openbmc_project.Certs.Authority",
+    default_service = "xyz.openbmc_project.Certs.ca.authority.Manager",
+    default_path = "/xyz/openbmc_project/certs/ca"
+)]
+trait Authority {
+    #[zbus(name = "SignCSR")]
+    fn sign_csr(&self, csr: &str) -> zbus::Result<OwnedObjectPath>;
+}
+
+#[zbus::proxy(
+    interface = "xyz.openbmc_project.Certs.Entry",
+    default_service = "xyz.openbmc_project.Certs.ca.authority.Manager"
+)]
+trait Entry {
+    #[zbus(property)]
+    fn client_certificate(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn set_client_certificate(&self, value: &str) -> zbus::Result<()>;
+    #[zbus(property)]
+    fn status(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn set_status(&self, value: &str) -> zbus::Result<()>;
+}
+
+fn error_name(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, _, _) => name.to_string(),
+        other => format!("not a method error: {other}"),
+    }
+}
+
+/// The way IBM's bmcweb route /ibm/v1/Host/Actions/SignCSR uses the Authority API: SignCSR,
+/// watch the entry's PropertiesChanged, read ClientCertificate, Delete.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_asynchronous_authority_api_works_as_ibm_bmcweb_uses_it() {
+    let rig = Rig::new().await;
+    let _host = rig.host("delay:0.3", &[]).await;
+    let _svc = rig.service(&[]).await;
+    let authority = AuthorityProxy::new(&rig.conn).await.unwrap();
+    let (key, csr) = rig.csr("console");
+    let path = authority.sign_csr(&csr).await.unwrap();
+    assert_eq!(path.as_str(), ENTRY1);
+    let entry = EntryProxy::builder(&rig.conn)
+        .path(path.clone())
+        .build()
+        .await
+        .unwrap();
+    let mut changes = entry.receive_status_changed().await;
+    if entry.status().await.unwrap() != STATUS_COMPLETE {
+        while let Some(change) = next(&mut changes).await {
+            if change.get().await.unwrap() == STATUS_COMPLETE {
+                break;
+            }
+        }
+    }
+    // Exactly what pldmd set: the leaf alone, as upstream shows it.
+    let leaf = entry.client_certificate().await.unwrap();
+    assert_eq!(vmi_cert_exchange::util::pem_blocks(&leaf).len(), 1);
+    let chain = format!("{leaf}{}", std::fs::read_to_string(&rig.root_file).unwrap());
+    check_chain_with_openssl(rig.d(), &chain, &key);
+
+    // A completed entry refuses further writes; the tree shows it until Delete.
+    let e = entry
+        .set_status("xyz.openbmc_project.Certs.Entry.State.Pending")
+        .await
+        .unwrap_err();
+    assert_eq!(error_name(&e), common("NotAllowed"));
+    let tree = Command::new("busctl")
+        .arg(format!("--address={}", rig.bus.address()))
+        .args(["tree", "--list", MANAGER_NAME])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&tree.stdout),
+        "/\n/xyz\n/xyz/openbmc_project\n/xyz/openbmc_project/certs\n/xyz/openbmc_project/certs/ca\n/xyz/openbmc_project/certs/ca/entry\n/xyz/openbmc_project/certs/ca/entry/1\n"
+    );
+    let mut signals = rig.entry_signals().await;
+    rig.conn
+        .call_method(
+            Some(MANAGER_NAME),
+            path.as_str(),
+            Some("xyz.openbmc_project.Object.Delete"),
+            "Delete",
+            &(),
+        )
+        .await
+        .unwrap();
+    let mut removed = 0;
+    while removed < 3 {
+        if next_entry_signal(&mut signals).await.0 == "InterfacesRemoved" {
+            removed += 1;
+        }
+    }
+    assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+
+    // Our validation runs first: an invalid CSR never becomes an entry.
+    let e = authority.sign_csr("not a csr").await.unwrap_err();
+    assert_eq!(error_name(&e), common("InvalidArgument"));
+    assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entry_property_sets_follow_the_rules_and_delete_all_clears_entries() {
+    let rig = Rig::new().await;
+    let _host = rig.host("silent", &[]).await;
+    let _svc = rig.service(&[]).await;
+    let authority = AuthorityProxy::new(&rig.conn).await.unwrap();
+    let p1 = authority.sign_csr(&rig.csr("a").1).await.unwrap();
+    let p2 = authority.sign_csr(&rig.csr("b").1).await.unwrap();
+    assert_eq!(
+        rig.managed_objects().await,
+        vec![p1.as_str().to_string(), p2.as_str().to_string()]
+    );
+    let entry = EntryProxy::builder(&rig.conn)
+        .path(p1.clone())
+        .build()
+        .await
+        .unwrap();
+
+    // Pending -> Pending is what pldmd does when the host is not ready.
+    entry
+        .set_status("xyz.openbmc_project.Certs.Entry.State.Pending")
+        .await
+        .unwrap();
+    let e = entry.set_status("Complete").await.unwrap_err();
+    assert_eq!(error_name(&e), common("NotAllowed"));
+    let e = entry
+        .set_client_certificate(&"x".repeat(64 * 1024 + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(error_name(&e), common("NotAllowed"));
+    entry
+        .set_client_certificate("anything pldmd sets")
+        .await
+        .unwrap();
+    entry
+        .set_status("xyz.openbmc_project.Certs.Entry.State.BadCSR")
+        .await
+        .unwrap();
+    assert_eq!(
+        entry.client_certificate().await.unwrap(),
+        "anything pldmd sets"
+    );
+    let e = entry.set_client_certificate("late").await.unwrap_err();
+    assert_eq!(error_name(&e), common("NotAllowed"));
+
+    let mut signals = rig.entry_signals().await;
+    rig.conn
+        .call_method(
+            Some(MANAGER_NAME),
+            MANAGER_PATH,
+            Some("xyz.openbmc_project.Collection.DeleteAll"),
+            "DeleteAll",
+            &(),
+        )
+        .await
+        .unwrap();
+    let mut removed = 0;
+    while removed < 6 {
+        if next_entry_signal(&mut signals).await.0 == "InterfacesRemoved" {
+            removed += 1;
+        }
+    }
+    assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hmc_object_is_under_exactly_one_well_known_name() {
+    let rig = Rig::new().await;
+    let _host = rig.host("none", &[]).await;
+    let _svc = rig.service(&[]).await;
+    let dbus = zbus::fdo::DBusProxy::new(&rig.conn).await.unwrap();
+    let mut owners = Vec::new();
+    for name in dbus.list_names().await.unwrap() {
+        let name = name.to_string();
+        if name.starts_with(':') || name.starts_with("org.freedesktop") {
+            continue;
+        }
+        let xml = rig
+            .conn
+            .call_method(
+                Some(name.as_str()),
+                "/xyz/openbmc_project/HMC/VMInterface",
+                Some("org.freedesktop.DBus.Introspectable"),
+                "Introspect",
+                &(),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.body().deserialize::<String>().ok())
+            .unwrap_or_default();
+        if xml.contains("interface name=\"xyz.openbmc_project.HMC.VMInterface\"") {
+            owners.push(name);
+        }
+    }
+    assert_eq!(owners, ["xyz.openbmc_project.HMC.VMInterface"]);
+}
