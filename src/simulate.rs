@@ -85,11 +85,13 @@ impl FromStr for Fault {
             "empty" => Fault::Empty,
             "no-root-file" => Fault::NoRootFile,
             "ca-true" => Fault::CaTrue,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown fault {s:?} (known: none, pending-ack, delay:<seconds>, silent, bad-csr, \
                      wrong-key, wrong-root, root-first, duplicate, crlf, garbage, empty, \
                      no-root-file, ca-true)"
-            )),
+            ))
+            }
         })
     }
 }

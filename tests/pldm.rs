@@ -673,3 +673,27 @@ async fn the_hmc_object_is_under_exactly_one_well_known_name() {
     }
     assert_eq!(owners, ["xyz.openbmc_project.HMC.VMInterface"]);
 }
+
+#[test]
+fn demo_through_the_pldm_transport_completes_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo");
+    let out = run_bin(&[
+        "demo",
+        "--transport",
+        "pldm",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("host simulator (pldmd + hypervisor CA) owns xyz.openbmc_project.PLDM"));
+    assert!(stdout.contains("(pldm transport)"));
+    assert!(stdout.contains("mutual TLS handshake with client.key + client.crt: TLSv1.3"));
+    let chain = std::fs::read_to_string(out_dir.join("chain.pem")).unwrap();
+    check_chain_with_openssl(dir.path(), &chain, &out_dir.join("client.key"));
+}

@@ -446,9 +446,13 @@ impl Drop for EntryGuard {
     fn drop(&mut self) {
         let shared = self.shared.clone();
         let id = self.id;
-        tokio::spawn(async move {
-            shared.remove_entry(id).await;
-        });
+        // Removal talks to the bus, so it runs as a task of its own; when the runtime itself is
+        // going away, the connection closes and the entries vanish with it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                shared.remove_entry(id).await;
+            });
+        }
     }
 }
 
