@@ -125,6 +125,8 @@ pub enum StartError {
     Io(String),
     #[error("{0}")]
     Failed(String),
+    #[error("interrupted; stopped everything that was started")]
+    Interrupted,
 }
 
 /// Exit code for a bad command line or configuration file.
@@ -134,6 +136,8 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_CA_CORRUPT: i32 = 3;
 /// Exit code for a state directory held by another process.
 pub const EXIT_STATE_LOCKED: i32 = 4;
+/// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 impl StartError {
     pub fn exit_code(&self) -> i32 {
@@ -141,6 +145,7 @@ impl StartError {
             StartError::Usage(_) => EXIT_USAGE,
             StartError::CaCorrupt(_) => EXIT_CA_CORRUPT,
             StartError::StateLocked(_) => EXIT_STATE_LOCKED,
+            StartError::Interrupted => EXIT_INTERRUPTED,
             _ => 1,
         }
     }

@@ -204,13 +204,17 @@ fn serve_options(a: ServeArgs) -> Result<daemon::ServeOptions, StartError> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn terminated() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when it
+/// is first polled, so a signal that arrives while the work starts is not lost.
+fn terminated() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
@@ -240,13 +244,14 @@ async fn run(command: Command) -> Result<(), StartError> {
             .await
         }
         Command::Demo(a) => {
+            let interrupted = terminated();
             let demo = demo::run(demo::DemoOptions {
                 out: a.out,
                 transport: a.transport,
             });
             tokio::select! {
                 r = demo => r,
-                _ = terminated() => Err(StartError::Failed("interrupted; stopped everything the demo started".into())),
+                _ = interrupted => Err(StartError::Interrupted),
             }
         }
     }

@@ -221,14 +221,16 @@ fn log_request(
     match result {
         Ok(chain) => tracing::info!(
             target: "vmi_cert_exchange::request",
-            caller, subject, key_type, fingerprint, csr_bytes = size,
-            outcome = "ok", cert_fingerprint = %chain.leaf_fingerprint,
+            caller = %caller, subject = %subject, key_type = %key_type,
+            fingerprint = %fingerprint, csr_bytes = size,
+            outcome = %"ok", cert_fingerprint = %chain.leaf_fingerprint,
             duration_ms, "SignCSR ok"
         ),
         Err(e) => tracing::warn!(
             target: "vmi_cert_exchange::request",
-            caller, subject, key_type, fingerprint, csr_bytes = size,
-            outcome = e.outcome(), reason = %e,
+            caller = %caller, subject = %subject, key_type = %key_type,
+            fingerprint = %fingerprint, csr_bytes = size,
+            outcome = %e.outcome(), reason = %e,
             duration_ms, "SignCSR failed"
         ),
     }

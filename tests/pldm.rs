@@ -312,11 +312,31 @@ async fn a_short_delay_succeeds_and_a_long_one_is_unavailable_then_the_retry_suc
             "signing in progress, retry with the same CSR".to_string()
         )
     );
-    // The client's retry loop, as `sign --wait` uses it.
-    let chain =
-        vmi_cert_exchange::client::sign_with_retry(&rig.conn, &csr, Duration::from_secs(30))
-            .await
-            .unwrap();
+    // `sign --wait` retries the same CSR while the answer is Unavailable.
+    let csr_file = rig.d().join("slow.csr");
+    std::fs::write(&csr_file, &csr).unwrap();
+    let out_dir = rig.d().join("out");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "sign",
+        "--address",
+        rig.bus.address(),
+        "--wait",
+        "30",
+        "--csr",
+    ])
+    .arg(&csr_file)
+    .arg("--out")
+    .arg(&out_dir);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chain = std::fs::read_to_string(out_dir.join("chain.pem")).unwrap();
     check_chain_with_openssl(rig.d(), &chain, &key);
     let counter = std::fs::read_to_string(rig.d().join("service-state/entry-counter")).unwrap();
     assert_eq!(counter, "1\n", "the retries shared one entry");

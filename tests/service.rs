@@ -483,8 +483,9 @@ async fn config_file_policy_applies() {
                 "-checkend",
                 &secs.to_string(),
             ])
-            .status()
+            .output()
             .unwrap()
+            .status
             .success()
     };
     assert!(checkend(6 * 86400));
@@ -540,4 +541,125 @@ fn demo_completes_the_mutual_tls_handshake() {
     ]);
     assert_eq!(csr_pub, key_pub);
     let _ = File::open(out_dir.join("chain.pem")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_bus, conn, svc) = emulator(d).await;
+    let key = genpkey(d, "hmc", "p256");
+    let csr = req(&key, "/CN=logged", &[]);
+    let chain = sign(&conn, &csr).await.unwrap();
+    // A subject with a line break and an escape sequence must not forge log lines.
+    let evil = {
+        use openssl::{
+            hash::MessageDigest,
+            pkey::PKey,
+            x509::{X509NameBuilder, X509ReqBuilder},
+        };
+        let k = PKey::private_key_from_pem(&std::fs::read(&key).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "evil\nINFO fake\u{1b}[31m")
+            .unwrap();
+        let mut b = X509ReqBuilder::new().unwrap();
+        b.set_subject_name(&name.build()).unwrap();
+        b.set_pubkey(&k).unwrap();
+        b.sign(&k, MessageDigest::sha256()).unwrap();
+        String::from_utf8(b.build().to_pem().unwrap()).unwrap()
+    };
+    sign(&conn, &evil).await.unwrap();
+    sign(&conn, "garbage").await.unwrap_err();
+    let log = svc.log();
+    svc.stop().await;
+
+    let body: String = csr.lines().filter(|l| !l.starts_with("-----")).collect();
+    let fingerprint = openssl::sha::sha256(&openssl::base64::decode_block(&body).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("SignCSR")).collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    for field in [
+        "caller=:",
+        "subject=CN=logged",
+        "key_type=EC P-256",
+        &format!("fingerprint={fingerprint}"),
+        "outcome=ok",
+        "duration_ms=",
+        "cert_fingerprint=",
+    ] {
+        assert!(lines[0].contains(field), "{field} missing in {}", lines[0]);
+    }
+    assert!(
+        lines[1].contains("subject=CN=evil\\nINFO fake\\u{1b}[31m"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("outcome=InvalidArgument"), "{}", lines[2]);
+    assert_eq!(
+        log.lines().filter(|l| l.contains("INFO fake")).count(),
+        1,
+        "no forged line"
+    );
+    assert!(
+        !log.contains("-----BEGIN CERTIFICATE-----"),
+        "no certificate in the log"
+    );
+    for line in csr
+        .lines()
+        .chain(chain.lines())
+        .filter(|l| !l.starts_with("-----"))
+    {
+        assert!(!log.contains(line), "PEM body line in the log: {line}");
+    }
+}
+
+#[test]
+fn ctrl_c_stops_the_demo_and_everything_it_started() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--out", dir.path().join("out").to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    // "[ 1] ... private dbus-daemon listening at unix:path=/tmp/vmi-bus-.../dbus-...,guid=..."
+    let socket_dir = first
+        .split("unix:path=")
+        .nth(1)
+        .and_then(|rest| rest.rsplit_once('/'))
+        .map(|(dir, _)| std::path::PathBuf::from(dir))
+        .expect("bus address on the first line");
+    assert!(socket_dir.exists());
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vmi-cert-exchange: interrupted; stopped everything that was started\n"
+    );
+    assert!(!socket_dir.exists(), "the private bus directory is removed");
+    let leftovers = Command::new("pgrep")
+        .args(["-f", socket_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&leftovers.stdout),
+        "",
+        "no process of the demo is left"
+    );
 }
