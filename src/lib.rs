@@ -19,6 +19,8 @@ pub mod daemon;
 pub mod demo;
 mod der;
 pub mod error;
+#[cfg(feature = "rest-client")]
+pub mod rest;
 pub mod service;
 pub mod signer;
 pub mod simulate;

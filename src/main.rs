@@ -53,6 +53,54 @@ enum Command {
     Demo(DemoArgs),
     /// Play pldmd + hypervisor on a bus, for the pldm transport (development and tests).
     SimulateHost(SimulateArgs),
+    /// Console side: have the BMC sign a CSR through bmcweb's REST API.
+    #[cfg(feature = "rest-client")]
+    RestSign(RestSignArgs),
+}
+
+#[cfg(feature = "rest-client")]
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["csr", "key"])))]
+struct RestSignArgs {
+    /// The BMC: https://host[:port].
+    #[arg(long)]
+    url: String,
+    /// The BMC user; SignCSR needs the Administrator role.
+    #[arg(long, default_value = "admin")]
+    user: String,
+    /// A file holding the password (else the environment variable VMI_BMC_PASSWORD).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// session (POST /login, X-Auth-Token, POST /logout) or basic.
+    #[arg(long, default_value = "session")]
+    auth: vmi_cert_exchange::rest::AuthMode,
+    /// The CSR file, or - for stdin.
+    #[arg(long)]
+    csr: Option<PathBuf>,
+    /// The console's private key, created (mode 0600) if missing; the CSR is made from it.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Subject of the CSR made with --key (default /CN=<host name>).
+    #[arg(long, conflicts_with = "csr")]
+    subject: Option<String>,
+    /// Type of the key --key creates: rsa2048, rsa3072, rsa4096, p256, p384.
+    #[arg(long, default_value = "rsa2048", conflicts_with = "csr")]
+    key_type: config::KeyType,
+    /// Where to write client.crt, ca.crt, chain.pem (and client.csr with --key).
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// The CA certificate(s) the BMC's HTTPS certificate must chain to (default: the system's).
+    #[arg(long, conflicts_with = "insecure")]
+    cacert: Option<PathBuf>,
+    /// Do not verify the BMC's HTTPS certificate (test systems only).
+    #[arg(long)]
+    insecure: bool,
+    /// Total seconds for login, every attempt and the pauses between them (fractions allowed).
+    #[arg(long, value_parser = config::parse_seconds, default_value = "300")]
+    timeout: Duration,
+    /// Seconds before the first retry; the pause doubles up to 30 s.
+    #[arg(long, value_parser = config::parse_seconds, default_value = "1")]
+    retry_interval: Duration,
 }
 
 #[derive(Args)]
@@ -241,6 +289,32 @@ async fn run(command: Command) -> Result<(), StartError> {
                 },
                 terminated(),
             )
+            .await
+        }
+        #[cfg(feature = "rest-client")]
+        Command::RestSign(a) => {
+            use vmi_cert_exchange::rest::{self, CsrSource};
+            let source = match (a.csr, a.key) {
+                (Some(csr), _) => CsrSource::File(csr),
+                (None, Some(path)) => CsrSource::Key {
+                    path,
+                    subject: a.subject,
+                    key_type: a.key_type,
+                },
+                (None, None) => unreachable!("clap requires --csr or --key"),
+            };
+            rest::run(rest::RestSignOptions {
+                url: a.url,
+                user: a.user,
+                password_file: a.password_file,
+                auth: a.auth,
+                source,
+                out: a.out,
+                cacert: a.cacert,
+                insecure: a.insecure,
+                timeout: a.timeout,
+                retry_interval: a.retry_interval,
+            })
             .await
         }
         Command::Demo(a) => {
