@@ -161,6 +161,8 @@ pub async fn run(
     }
 
     let conn = opts.bus.connect().await?;
+    // Like pldmd, answer Introspect and Ping: the ObjectMapper introspects every name.
+    let _ = conn.object_server();
     // Subscribed before the name appears, so no entry announced after that is missed. pldmd
     // matches arg0path `.../certs/ca/`, which zbus cannot express (a path ending in '/'); the
     // ObjectManager at MANAGER_PATH sends these signals, and the entry prefix is checked below.
