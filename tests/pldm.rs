@@ -717,3 +717,47 @@ fn demo_through_the_pldm_transport_completes_the_handshake() {
     let chain = std::fs::read_to_string(out_dir.join("chain.pem")).unwrap();
     check_chain_with_openssl(dir.path(), &chain, &out_dir.join("client.key"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_authority_api_leaves_only_the_object_manager() {
+    let rig = Rig::new().await;
+    let _host = rig.host("none", &[]).await;
+    let _svc = rig.service(&["--no-authority-api"]).await;
+    let xml: String = rig
+        .conn
+        .call_method(
+            Some(MANAGER_NAME),
+            MANAGER_PATH,
+            Some("org.freedesktop.DBus.Introspectable"),
+            "Introspect",
+            &(),
+        )
+        .await
+        .unwrap()
+        .body()
+        .deserialize()
+        .unwrap();
+    assert!(xml.contains("interface name=\"org.freedesktop.DBus.ObjectManager\""));
+    assert!(
+        !xml.contains("xyz.openbmc_project.Certs.Authority"),
+        "{xml}"
+    );
+    assert!(
+        !xml.contains("xyz.openbmc_project.Collection.DeleteAll"),
+        "{xml}"
+    );
+    let e = AuthorityProxy::new(&rig.conn)
+        .await
+        .unwrap()
+        .sign_csr(&rig.csr("x").1)
+        .await
+        .unwrap_err();
+    // zbus maps the standard error to its own FDO variant.
+    assert!(
+        matches!(e, zbus::Error::FDO(ref fdo) if matches!(**fdo, zbus::fdo::Error::UnknownInterface(_))),
+        "{e:?}"
+    );
+    // The synchronous path is unaffected.
+    let (key, csr) = rig.csr("sync");
+    check_chain_with_openssl(rig.d(), &sign(&rig.conn, &csr).await.unwrap(), &key);
+}
