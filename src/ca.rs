@@ -182,6 +182,12 @@ impl SoftCa {
         &self.cert
     }
 
+    /// The CA key, for tests that build certificates by hand.
+    #[cfg(test)]
+    pub(crate) fn key(&self) -> &PKey<Private> {
+        &self.key
+    }
+
     /// Opens the CA of a state directory, creating it if the directory holds none. The caller
     /// holds the directory's [`StateLock`].
     pub fn open_or_create(lock: &StateLock) -> Result<Self, StartError> {
@@ -224,14 +230,26 @@ impl SoftCa {
                 dir.display()
             ))
         };
-        let key_pem = fs::read(dir.join(KEY_FILE))
-            .map_err(|e| corrupt(format!("{KEY_FILE} cannot be read ({e})")))?;
-        let cert_pem = fs::read(dir.join(CERT_FILE))
-            .map_err(|e| corrupt(format!("{CERT_FILE} cannot be read ({e})")))?;
-        let key = PKey::private_key_from_pem(&key_pem)
-            .map_err(|_| corrupt(format!("{KEY_FILE} is not a PEM private key")))?;
-        let cert = X509::from_pem(&cert_pem)
-            .map_err(|_| corrupt(format!("{CERT_FILE} is not a PEM certificate")))?;
+        let read = |name: &str| {
+            fs::read_to_string(dir.join(name)).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData => {
+                    corrupt(format!("{name} cannot be read ({e})"))
+                }
+                // Not the CA's fault (permissions, I/O): restarting may help, so not exit 3.
+                _ => StartError::Io(format!("cannot read {}: {e}", dir.join(name).display())),
+            })
+        };
+        // Our own strict PEM reader: OpenSSL's would prompt for a passphrase on an encrypted
+        // block, and a daemon must never wait on a terminal.
+        let single = |name: &str, label: &str| match crate::util::parse_pem(&read(name)?).as_deref()
+        {
+            Ok([block]) if block.label == label => Ok(block.der.clone()),
+            _ => Err(corrupt(format!("{name} is not a single PEM {label} block"))),
+        };
+        let key = PKey::private_key_from_pkcs8(&single(KEY_FILE, "PRIVATE KEY")?)
+            .map_err(|_| corrupt(format!("{KEY_FILE} is not a PKCS#8 private key")))?;
+        let cert = X509::from_der(&single(CERT_FILE, "CERTIFICATE")?)
+            .map_err(|_| corrupt(format!("{CERT_FILE} is not a certificate")))?;
         let cert_key = cert
             .public_key()
             .map_err(|_| corrupt(format!("{CERT_FILE} has no readable public key")))?;
@@ -437,9 +455,26 @@ mod tests {
         fs::write(dir.path().join(CERT_FILE), b"not a certificate").unwrap();
         let err = SoftCa::open_or_create(&lock).unwrap_err();
         assert!(
-            err.to_string().contains("ca.crt is not a PEM certificate"),
+            err.to_string()
+                .contains("ca.crt is not a single PEM CERTIFICATE block"),
             "{err}"
         );
+
+        // An encrypted key is refused without ever asking for a passphrase.
+        let real_key = fs::read(dir.path().join(KEY_FILE)).unwrap();
+        fs::write(dir.path().join(CERT_FILE), &cert).unwrap();
+        let encrypted = PKey::generate_ed25519()
+            .unwrap()
+            .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_128_cbc(), b"pw")
+            .unwrap();
+        fs::write(dir.path().join(KEY_FILE), encrypted).unwrap();
+        let err = SoftCa::open_or_create(&lock).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("ca.key is not a single PEM PRIVATE KEY block"),
+            "{err}"
+        );
+        fs::write(dir.path().join(KEY_FILE), real_key).unwrap();
 
         let other = SoftCa::generate().unwrap();
         fs::write(dir.path().join(CERT_FILE), other.root_pem()).unwrap();

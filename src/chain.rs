@@ -35,25 +35,19 @@ fn unusable(msg: impl Into<String>) -> Error {
 
 /// Splits PEM text into certificates. Any other block or stray text is an error.
 pub fn split_certificates(text: &str) -> Result<Vec<X509>, &'static str> {
-    let text = text.replace("\r\n", "\n");
-    let mut certs = Vec::new();
-    let mut rest = text.trim();
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    while !rest.is_empty() {
-        let Some(body) = rest.strip_prefix(BEGIN) else {
-            return Err("it is not a sequence of PEM certificates");
-        };
-        let Some(end) = body.find(END) else {
-            return Err("a PEM certificate has no END line");
-        };
-        let block = &rest[..BEGIN.len() + end + END.len()];
-        let cert = X509::from_pem(block.as_bytes())
-            .map_err(|_| "a PEM certificate in it cannot be parsed")?;
-        certs.push(cert);
-        rest = rest[block.len()..].trim_start();
-    }
-    Ok(certs)
+    let blocks = crate::util::parse_pem(text).map_err(|why| match why {
+        "text outside a PEM block" => "it is not a sequence of PEM certificates",
+        other => other,
+    })?;
+    blocks
+        .iter()
+        .map(|b| {
+            if b.label != "CERTIFICATE" {
+                return Err("it holds a PEM block that is not a certificate");
+            }
+            X509::from_der(&b.der).map_err(|_| "a PEM certificate in it cannot be parsed")
+        })
+        .collect()
 }
 
 fn unix_now() -> i64 {
@@ -164,21 +158,31 @@ pub fn verify(csr: &ValidCsr, answer: &Answer, clock_skew: Duration) -> Result<C
     }
 
     // Times were checked above with the allowed skew; OpenSSL would refuse a leaf whose
-    // notBefore is a little ahead of a drifting BMC clock.
-    let verified = (|| {
+    // notBefore is a little ahead of a drifting BMC clock. No X509_STRICT: it also demands an
+    // authorityKeyIdentifier, which a hypervisor CA need not put in.
+    let outcome = (|| {
         let mut store = X509StoreBuilder::new()?;
         store.add_cert(root.clone())?;
-        store.set_flags(X509VerifyFlags::NO_CHECK_TIME | X509VerifyFlags::X509_STRICT)?;
+        store.set_flags(X509VerifyFlags::NO_CHECK_TIME)?;
         let store = store.build();
         let mut ctx = X509StoreContext::new()?;
         let chain = Stack::new()?;
-        ctx.init(&store, &leaf, &chain, |c| c.verify_cert())
+        ctx.init(&store, &leaf, &chain, |c| Ok((c.verify_cert()?, c.error())))
     })()
     .map_err(|e| Error::Internal(format!("certificate verification could not run: {e}")))?;
-    if !verified {
-        return Err(Error::NoRootCertificate(
-            "the root certificate does not verify the client certificate".into(),
-        ));
+    match outcome {
+        (true, _) => {}
+        (false, result) if root_does_not_fit(result.as_raw()) => {
+            return Err(Error::NoRootCertificate(
+                "the root certificate does not verify the client certificate".into(),
+            ))
+        }
+        (false, result) => {
+            return Err(unusable(format!(
+                "the client certificate does not verify: {}",
+                result.error_string()
+            )))
+        }
     }
 
     let mut pem = String::new();
@@ -192,6 +196,26 @@ pub fn verify(csr: &ValidCsr, answer: &Answer, clock_skew: Duration) -> Result<C
         pem,
         leaf_fingerprint: crate::csr::hex(&digest),
     })
+}
+
+/// Verification results that say the root is the wrong one (or not a CA), as opposed to a
+/// leaf that is broken in itself: only these mean "wait for the hypervisor's root".
+fn root_does_not_fit(code: i32) -> bool {
+    use openssl_sys as ffi;
+    [
+        ffi::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+        ffi::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+        ffi::X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+        ffi::X509_V_ERR_CERT_SIGNATURE_FAILURE,
+        ffi::X509_V_ERR_UNABLE_TO_DECRYPT_CERT_SIGNATURE,
+        ffi::X509_V_ERR_UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY,
+        ffi::X509_V_ERR_INVALID_CA,
+        ffi::X509_V_ERR_KEYUSAGE_NO_CERTSIGN,
+        ffi::X509_V_ERR_AKID_SKID_MISMATCH,
+        ffi::X509_V_ERR_AKID_ISSUER_SERIAL_MISMATCH,
+        ffi::X509_V_ERR_SUBJECT_ISSUER_MISMATCH,
+    ]
+    .contains(&code)
 }
 
 #[cfg(test)]
@@ -278,6 +302,52 @@ mod tests {
                 Error::UnusableAnswer(msg.into())
             );
         }
+    }
+
+    #[test]
+    fn an_encrypted_pem_header_is_refused_without_a_passphrase_prompt() {
+        let (ca, csr) = setup();
+        let leaf = pem(&ca.issue_client(&csr, 365).unwrap());
+        let encrypted = leaf.replacen(
+            "-----\n",
+            "-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00000000000000000000000000000000\n\n",
+            1,
+        );
+        let answer = Answer {
+            certificate: encrypted,
+            root: ca.root_pem(),
+        };
+        assert_eq!(
+            verify(&csr, &answer, DAY).unwrap_err(),
+            Error::UnusableAnswer(
+                "the hypervisor's answer is unusable: a PEM block holds a line that is not base64"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_leaf_without_key_identifiers_still_verifies() {
+        use openssl::{asn1::Asn1Time, bn::BigNum, x509::X509Builder};
+        let (ca, csr) = setup();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&BigNum::from_u32(7).unwrap().to_asn1_integer().unwrap())
+            .unwrap();
+        b.set_subject_name(csr.req.subject_name()).unwrap();
+        b.set_issuer_name(ca.root().subject_name()).unwrap();
+        b.set_pubkey(&csr.public_key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+            .unwrap();
+        b.sign(ca.key(), openssl::hash::MessageDigest::sha384())
+            .unwrap();
+        let answer = Answer {
+            certificate: pem(&b.build()),
+            root: ca.root_pem(),
+        };
+        assert!(verify(&csr, &answer, DAY).is_ok());
     }
 
     #[test]

@@ -23,6 +23,10 @@ impl KeyType {
         KeyType::P384,
     ];
 
+    pub fn is_ec(self) -> bool {
+        matches!(self, KeyType::P256 | KeyType::P384)
+    }
+
     /// The spelling used in the configuration file.
     pub fn config_name(self) -> &'static str {
         match self {

@@ -151,17 +151,22 @@ pub fn validate(input: &str, policy: &Policy) -> Result<ValidCsr, Error> {
     if req.to_der().ok().as_deref() != Some(&der[..]) {
         return Err(malformed("the CSR is not DER-encoded"));
     }
-    if req.version() != 0 {
-        return Err(Error::PolicyViolation(format!(
-            "the CSR has version {}; only version 1 (0) is defined",
-            req.version() + 1
-        )));
-    }
     let public_key = req
         .public_key()
         .map_err(|_| malformed("the CSR's public key cannot be read"))?;
-    let key_type = key_type(&public_key, policy)?;
     let parts = der::csr_parts(&der).map_err(|_| malformed("the CSR's structure is not valid"))?;
+    // Read from the DER: OpenSSL's version() truncates to an int.
+    if parts.version != [0] {
+        return Err(Error::PolicyViolation(
+            "the CSR's version is not 1 (the only version PKCS#10 defines)".into(),
+        ));
+    }
+    let key_type = key_type(&public_key, policy)?;
+    if key_type.is_ec() && parts.key_parameters_tag != Some(der::OID) {
+        return Err(Error::PolicyViolation(
+            "EC keys with explicit curve parameters are not accepted; use a named curve".into(),
+        ));
+    }
     if [
         der::oids::MD5_WITH_RSA,
         der::oids::SHA1_WITH_RSA,
@@ -180,7 +185,10 @@ pub fn validate(input: &str, policy: &Policy) -> Result<ValidCsr, Error> {
     }
     check_subject(req.subject_name())?;
     let mut san = None;
-    for ext in &parts.extensions {
+    for (n, ext) in parts.extensions.iter().enumerate() {
+        if parts.extensions[..n].iter().any(|e| e.oid == ext.oid) {
+            return Err(malformed("the CSR requests the same extension twice"));
+        }
         let bad = || malformed("the CSR requests an extension that cannot be parsed");
         match ext.oid {
             der::oids::BASIC_CONSTRAINTS
@@ -198,6 +206,9 @@ pub fn validate(input: &str, policy: &Policy) -> Result<ValidCsr, Error> {
             }
             der::oids::SUBJECT_ALT_NAME => {
                 let n = der::sequence_len(ext.value).map_err(|_| bad())?;
+                if n == 0 {
+                    return Err(malformed("the CSR's subjectAltName extension is empty"));
+                }
                 if n > policy.max_sans {
                     return Err(Error::PolicyViolation(format!(
                         "the CSR asks for {n} subject alternative names; the limit is {}",
@@ -550,6 +561,145 @@ pub(crate) mod tests {
         assert_eq!(
             name_of(validate(&csr_with(&key, &"ü".repeat(64), false), &p)),
             "ok"
+        );
+    }
+
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let n = content.len();
+        if n < 0x80 {
+            out.push(n as u8);
+        } else if n < 0x100 {
+            out.extend([0x81, n as u8]);
+        } else {
+            out.extend([0x82, (n >> 8) as u8, n as u8]);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// A CSR assembled by hand from `version`, `subject` and `attributes` (the content of
+    /// `[0]`), signed by `key` with ECDSA-SHA256: for encodings no builder will produce.
+    fn assembled(key: &PKey<Private>, version: &[u8], subject: &[u8], attributes: &[u8]) -> String {
+        let spki = key.public_key_to_der().unwrap();
+        let info = tlv(
+            0x30,
+            &[version, subject, &spki, &tlv(0xa0, attributes)].concat(),
+        );
+        let mut signer = openssl::sign::Signer::new(MessageDigest::sha256(), key).unwrap();
+        signer.update(&info).unwrap();
+        let signature = [&[0u8][..], &signer.sign_to_vec().unwrap()].concat();
+        let ecdsa_sha256 = tlv(
+            0x30,
+            &tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+        );
+        let der = tlv(0x30, &[info, ecdsa_sha256, tlv(0x03, &signature)].concat());
+        format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            openssl::base64::encode_block(&der)
+        )
+    }
+
+    fn cn_x() -> Vec<u8> {
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "x").unwrap();
+        name.build().to_der().unwrap()
+    }
+
+    fn extension_request(oid: &[u8], extensions: &[Vec<u8>]) -> Vec<u8> {
+        let exts = tlv(0x30, &extensions.concat());
+        tlv(0x30, &[tlv(0x06, oid), tlv(0x31, &exts)].concat())
+    }
+
+    fn extension(oid: &[u8], value: &[u8]) -> Vec<u8> {
+        tlv(0x30, &[tlv(0x06, oid), tlv(0x04, value)].concat())
+    }
+
+    #[test]
+    fn hand_assembled_csr_is_accepted_as_the_baseline() {
+        let key = ec(Nid::X9_62_PRIME256V1);
+        let csr = assembled(&key, &[0x02, 0x01, 0x00], &cn_x(), &[]);
+        assert_eq!(name_of(validate(&csr, &Policy::default())), "ok");
+    }
+
+    #[test]
+    fn version_is_read_from_the_der() {
+        let key = ec(Nid::X9_62_PRIME256V1);
+        for version in [
+            &[0x02, 0x01, 0x01][..],
+            &[0x02, 0x05, 0x01, 0, 0, 0, 0],
+            &[0x02, 0x01, 0xff],
+        ] {
+            let csr = assembled(&key, version, &cn_x(), &[]);
+            assert_eq!(
+                validate(&csr, &Policy::default()).unwrap_err(),
+                Error::PolicyViolation(
+                    "the CSR's version is not 1 (the only version PKCS#10 defines)".into()
+                ),
+                "{version:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn microsoft_extension_request_is_checked_too() {
+        let key = ec(Nid::X9_62_PRIME256V1);
+        let ca_true = extension(
+            der::oids::BASIC_CONSTRAINTS,
+            &[0x30, 0x03, 0x01, 0x01, 0xff],
+        );
+        let attrs = extension_request(der::oids::MS_EXTENSION_REQUEST, &[ca_true]);
+        let csr = assembled(&key, &[0x02, 0x01, 0x00], &cn_x(), &attrs);
+        assert_eq!(
+            validate(&csr, &Policy::default()).unwrap_err(),
+            Error::CaCapabilityRequested("basicConstraints CA:TRUE")
+        );
+    }
+
+    #[test]
+    fn empty_or_repeated_subject_alt_names_are_refused() {
+        let key = ec(Nid::X9_62_PRIME256V1);
+        let empty = extension(der::oids::SUBJECT_ALT_NAME, &[0x30, 0x00]);
+        let attrs = extension_request(der::oids::EXTENSION_REQUEST, &[empty]);
+        let csr = assembled(&key, &[0x02, 0x01, 0x00], &cn_x(), &attrs);
+        assert_eq!(
+            validate(&csr, &Policy::default()).unwrap_err(),
+            Error::MalformedCsr("the CSR's subjectAltName extension is empty".into())
+        );
+        // dNSName "a", twice in two extensions: each within the limit, together past it.
+        let san = extension(der::oids::SUBJECT_ALT_NAME, &[0x30, 0x03, 0x82, 0x01, b'a']);
+        let attrs = extension_request(der::oids::EXTENSION_REQUEST, &[san.clone(), san]);
+        let csr = assembled(&key, &[0x02, 0x01, 0x00], &cn_x(), &attrs);
+        assert_eq!(
+            validate(&csr, &Policy::default()).unwrap_err(),
+            Error::MalformedCsr("the CSR requests the same extension twice".into())
+        );
+    }
+
+    #[test]
+    fn non_minimal_lengths_are_not_der() {
+        let key = ec(Nid::X9_62_PRIME256V1);
+        // The subject with a long-form length where the short form fits.
+        let subject = cn_x();
+        let long_form = [&[0x30, 0x81][..], &subject[1..]].concat();
+        let csr = assembled(&key, &[0x02, 0x01, 0x00], &long_form, &[]);
+        assert_eq!(
+            validate(&csr, &Policy::default()).unwrap_err(),
+            Error::MalformedCsr("the CSR's structure is not valid".into())
+        );
+    }
+
+    #[test]
+    fn explicit_curve_parameters_are_refused() {
+        let mut group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        group.set_asn1_flag(openssl::ec::Asn1Flag::EXPLICIT_CURVE);
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let e = validate(&csr_with(&key, "x", false), &Policy::default()).unwrap_err();
+        assert_eq!(
+            e,
+            Error::PolicyViolation(
+                "EC keys with explicit curve parameters are not accepted; use a named curve".into()
+            )
         );
     }
 

@@ -57,6 +57,10 @@ impl<'a> Reader<'a> {
             let len = rest[..n]
                 .iter()
                 .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            // DER: the shortest form only, so one request has one encoding (and one dedupe key).
+            if len < 0x80 || rest[0] == 0 {
+                return Err(DerError("length not in its shortest form"));
+            }
             (len, &rest[n..])
         };
         if rest.len() < len {
@@ -88,6 +92,9 @@ pub struct Extension<'a> {
 /// DER contents (without tag and length) of the OIDs we look at.
 pub mod oids {
     pub const EXTENSION_REQUEST: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e];
+    /// Microsoft's extension request (1.3.6.1.4.1.311.2.1.14); OpenSSL honours it too.
+    pub const MS_EXTENSION_REQUEST: &[u8] =
+        &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0x37, 0x02, 0x01, 0x0e];
     pub const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
     pub const KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
     pub const EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
@@ -121,8 +128,12 @@ pub fn extensions(seq_content: &[u8]) -> Result<Vec<Extension<'_>>> {
     Ok(out)
 }
 
-/// The extensions a PKCS#10 request asks for, and its signature algorithm OID.
+/// The parts of a PKCS#10 request that OpenSSL does not expose, or exposes lossily.
 pub struct CsrParts<'a> {
+    /// Content of the version INTEGER.
+    pub version: &'a [u8],
+    /// Tag of the subjectPublicKeyInfo algorithm parameters (OID for a named EC curve).
+    pub key_parameters_tag: Option<u8>,
     pub extensions: Vec<Extension<'a>>,
     pub signature_algorithm: &'a [u8],
 }
@@ -137,9 +148,15 @@ pub fn csr_parts(der: &[u8]) -> Result<CsrParts<'_>> {
         Reader::new(alg.content).expect(OID)?.content
     };
     let mut fields = Reader::new(info.content);
-    fields.expect(INTEGER)?; // version
+    let version = fields.expect(INTEGER)?.content;
     fields.expect(SEQUENCE)?; // subject
-    fields.expect(SEQUENCE)?; // subjectPKInfo
+    let spki = fields.expect(SEQUENCE)?;
+    let key_parameters_tag = {
+        let algorithm = Reader::new(spki.content).expect(SEQUENCE)?;
+        let mut parts = Reader::new(algorithm.content);
+        parts.expect(OID)?;
+        parts.peek_tag()
+    };
     let mut extensions = Vec::new();
     if !fields.is_empty() {
         let attributes = fields.expect(0xa0)?; // [0] IMPLICIT SET OF Attribute
@@ -149,7 +166,7 @@ pub fn csr_parts(der: &[u8]) -> Result<CsrParts<'_>> {
             let mut parts = Reader::new(attr.content);
             let oid = parts.expect(OID)?.content;
             let values = parts.expect(SET)?;
-            if oid == oids::EXTENSION_REQUEST {
+            if oid == oids::EXTENSION_REQUEST || oid == oids::MS_EXTENSION_REQUEST {
                 let mut vals = Reader::new(values.content);
                 while !vals.is_empty() {
                     let seq = vals.expect(SEQUENCE)?;
@@ -159,6 +176,8 @@ pub fn csr_parts(der: &[u8]) -> Result<CsrParts<'_>> {
         }
     }
     Ok(CsrParts {
+        version,
+        key_parameters_tag,
         extensions,
         signature_algorithm,
     })
@@ -241,6 +260,14 @@ mod tests {
         assert_eq!(
             Reader::new(&[0x04, 0x80]).next().unwrap_err(),
             DerError("bad length")
+        );
+        assert_eq!(
+            Reader::new(&[0x04, 0x81, 0x01, 0x00]).next().unwrap_err(),
+            DerError("length not in its shortest form")
+        );
+        assert_eq!(
+            Reader::new(&[0x04, 0x82, 0x00, 0x80]).next().unwrap_err(),
+            DerError("length not in its shortest form")
         );
     }
 

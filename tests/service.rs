@@ -367,7 +367,7 @@ async fn a_half_present_or_corrupt_ca_is_exit_code_3_and_never_a_new_root() {
     .unwrap();
     let out = run_bin(&full);
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ca.crt is not a PEM certificate"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ca.crt is not a certificate"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
