@@ -163,6 +163,12 @@ impl PrivateBus {
     pub fn bus(&self) -> Bus {
         Bus::Address(self.address.clone())
     }
+
+    /// Stops the daemon now (as a crash of the system bus would), keeping its directory.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for PrivateBus {

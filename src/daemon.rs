@@ -95,6 +95,11 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
             Arc::new(pldm)
         }
     };
+    // NameLost arrives if the name is taken from us; the stream ends if the bus goes away.
+    // Either way this process no longer serves anyone: exit, and let systemd start it again.
+    // Subscribed before the name is requested, so that nothing in between is missed.
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+    let mut lost = dbus.receive_name_lost().await?;
     let signer = Signer::new(transport, opts.settings.clone());
     crate::serve(&conn, signer).await?;
     tracing::info!(
@@ -104,7 +109,15 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
         transport = opts.transport_name(),
         "serving"
     );
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = crate::bus::next(&mut lost) => {
+            return Err(StartError::Failed(format!(
+                "lost {} or the connection to the bus; exiting so that it can be started again",
+                crate::BUS_NAME
+            )));
+        }
+    }
     tracing::info!("shutting down");
     let _ = conn.release_name(crate::BUS_NAME).await;
     drop(lock);

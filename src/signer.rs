@@ -110,16 +110,23 @@ impl Signer {
     }
 
     async fn sign_valid(self: &Arc<Self>, csr: Arc<ValidCsr>) -> Outcome {
-        let mut rx = match self.admit(csr).await? {
-            Admission::Done(outcome) => return outcome,
-            Admission::Wait(rx) => rx,
+        // One deadline for everything, readiness checks included: the caller must hear from us
+        // before its own D-Bus timeout.
+        let deadline = tokio::time::Instant::now() + self.settings.limits.sign_timeout;
+        let mut rx = match tokio::time::timeout_at(deadline, self.admit(csr)).await {
+            Err(_) => {
+                return Err(Error::HypervisorUnavailable(
+                    "the path to the hypervisor did not answer in time; retry later".into(),
+                ))
+            }
+            Ok(admission) => match admission? {
+                Admission::Done(outcome) => return outcome,
+                Admission::Wait(rx) => rx,
+            },
         };
-        let waited = tokio::time::timeout(
-            self.settings.limits.sign_timeout,
-            rx.wait_for(Option::is_some),
-        )
-        .await
-        .map(|r| r.map(|outcome| (*outcome).clone()));
+        let waited = tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some))
+            .await
+            .map(|r| r.map(|outcome| (*outcome).clone()));
         match waited {
             Ok(Ok(Some(outcome))) => outcome,
             Ok(Ok(None)) | Err(_) => Err(Error::SigningInProgress),

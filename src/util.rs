@@ -56,7 +56,11 @@ pub fn write_file_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Re
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
-    let result = write_new_file(&tmp, data, mode).and_then(|()| fs::rename(&tmp, path));
+    // The directory is synced too: without it a power cut may undo the rename (and an entry
+    // counter could hand out an id again).
+    let result = write_new_file(&tmp, data, mode)
+        .and_then(|()| fs::rename(&tmp, path))
+        .and_then(|()| fs::File::open(dir)?.sync_all());
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

@@ -520,6 +520,15 @@ trait Entry {
     fn set_status(&self, value: &str) -> zbus::Result<()>;
 }
 
+fn method_error(e: &zbus::Error) -> (String, String) {
+    match e {
+        zbus::Error::MethodError(name, message, _) => {
+            (name.to_string(), message.clone().unwrap_or_default())
+        }
+        other => (format!("not a method error: {other}"), String::new()),
+    }
+}
+
 fn error_name(e: &zbus::Error) -> String {
     match e {
         zbus::Error::MethodError(name, _, _) => name.to_string(),
@@ -598,49 +607,108 @@ async fn the_asynchronous_authority_api_works_as_ibm_bmcweb_uses_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn entry_property_sets_follow_the_rules_and_delete_all_clears_entries() {
+async fn only_pldmd_may_set_entries_and_sets_follow_the_rules() {
     let rig = Rig::new().await;
-    let _host = rig.host("silent", &[]).await;
+    // The test plays pldmd itself: its connection owns xyz.openbmc_project.PLDM.
+    let pldmd = connect(&rig.bus).await;
+    pldmd.request_name(PLDM_NAME).await.unwrap();
     let _svc = rig.service(&[]).await;
     let authority = AuthorityProxy::new(&rig.conn).await.unwrap();
-    let p1 = authority.sign_csr(&rig.csr("a").1).await.unwrap();
-    let p2 = authority.sign_csr(&rig.csr("b").1).await.unwrap();
-    assert_eq!(
-        rig.managed_objects().await,
-        vec![p1.as_str().to_string(), p2.as_str().to_string()]
-    );
-    let entry = EntryProxy::builder(&rig.conn)
-        .path(p1.clone())
+    let path = authority.sign_csr(&rig.csr("a").1).await.unwrap();
+    let as_pldmd = EntryProxy::builder(&pldmd)
+        .path(path.clone())
+        .build()
+        .await
+        .unwrap();
+    let as_other = EntryProxy::builder(&rig.conn)
+        .path(path.clone())
         .build()
         .await
         .unwrap();
 
+    // Any other root process is refused: otherwise it could fail a console's request.
+    let e = as_other
+        .set_status("xyz.openbmc_project.Certs.Entry.State.BadCSR")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        method_error(&e),
+        (
+            common("NotAllowed"),
+            "only pldmd (the owner of xyz.openbmc_project.PLDM) may set certificate entries".into()
+        )
+    );
+    assert_eq!(
+        as_other.status().await.unwrap(),
+        "xyz.openbmc_project.Certs.Entry.State.Pending"
+    );
+
     // Pending -> Pending is what pldmd does when the host is not ready.
-    entry
+    as_pldmd
         .set_status("xyz.openbmc_project.Certs.Entry.State.Pending")
         .await
         .unwrap();
-    let e = entry.set_status("Complete").await.unwrap_err();
-    assert_eq!(error_name(&e), common("NotAllowed"));
-    let e = entry
+    let e = as_pldmd.set_status("Complete").await.unwrap_err();
+    assert_eq!(
+        method_error(&e),
+        (common("NotAllowed"), "unknown Status value".into())
+    );
+    let e = as_pldmd
         .set_client_certificate(&"x".repeat(64 * 1024 + 1))
         .await
         .unwrap_err();
-    assert_eq!(error_name(&e), common("NotAllowed"));
-    entry
+    assert_eq!(
+        method_error(&e),
+        (
+            common("NotAllowed"),
+            "ClientCertificate is larger than 64 KiB".into()
+        )
+    );
+    as_pldmd
         .set_client_certificate("anything pldmd sets")
         .await
         .unwrap();
-    entry
+    as_pldmd
         .set_status("xyz.openbmc_project.Certs.Entry.State.BadCSR")
         .await
         .unwrap();
     assert_eq!(
-        entry.client_certificate().await.unwrap(),
+        as_other.client_certificate().await.unwrap(),
         "anything pldmd sets"
     );
-    let e = entry.set_client_certificate("late").await.unwrap_err();
-    assert_eq!(error_name(&e), common("NotAllowed"));
+    let e = as_pldmd.set_client_certificate("late").await.unwrap_err();
+    assert_eq!(
+        method_error(&e),
+        (
+            common("NotAllowed"),
+            "the certificate entry is no longer Pending".into()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_all_removes_authority_entries_and_leaves_waiting_requests_alone() {
+    let rig = Rig::new().await;
+    let _host = rig.host("silent", &[]).await;
+    let _svc = rig.service(&["--sign-timeout", "0.5"]).await;
+    let authority = AuthorityProxy::new(&rig.conn).await.unwrap();
+    let p1 = authority.sign_csr(&rig.csr("a").1).await.unwrap();
+    let p2 = authority.sign_csr(&rig.csr("b").1).await.unwrap();
+    // A SignCSR request whose entry keeps waiting for the (silent) host.
+    let (_, csr) = rig.csr("waiting");
+    assert_eq!(
+        sign(&rig.conn, &csr).await.unwrap_err().0,
+        common("Unavailable")
+    );
+    let waiting = "/xyz/openbmc_project/certs/ca/entry/3".to_string();
+    assert_eq!(
+        rig.managed_objects().await,
+        vec![
+            p1.as_str().to_string(),
+            p2.as_str().to_string(),
+            waiting.clone()
+        ]
+    );
 
     let mut signals = rig.entry_signals().await;
     rig.conn
@@ -653,13 +721,129 @@ async fn entry_property_sets_follow_the_rules_and_delete_all_clears_entries() {
         )
         .await
         .unwrap();
-    let mut removed = 0;
-    while removed < 6 {
-        if next_entry_signal(&mut signals).await.0 == "InterfacesRemoved" {
-            removed += 1;
+    let mut removed = std::collections::BTreeSet::new();
+    while removed.len() < 2 {
+        let (member, path, _) = next_entry_signal(&mut signals).await;
+        if member == "InterfacesRemoved" {
+            removed.insert(path);
         }
     }
+    assert_eq!(
+        removed,
+        [p1.as_str().to_string(), p2.as_str().to_string()].into()
+    );
+    assert_eq!(rig.managed_objects().await, vec![waiting]);
+}
+
+/// Entries created and deleted at once from many connections: nothing may survive a final
+/// DeleteAll (an entry half removed while being created used to keep its CSR interface).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creation_and_delete_all_leave_nothing_behind() {
+    let rig = Rig::new().await;
+    let _host = rig.host("silent", &[]).await;
+    let _svc = rig.service(&["--max-in-flight", "10000"]).await;
+    let csr = rig.csr("busy").1;
+    let mut tasks = Vec::new();
+    for creator in 0..4 {
+        let conn = connect(&rig.bus).await;
+        let csr = csr.clone();
+        tasks.push(tokio::spawn(async move {
+            let authority = AuthorityProxy::new(&conn).await.unwrap();
+            for _ in 0..40 {
+                authority.sign_csr(&csr).await.unwrap();
+            }
+            creator
+        }));
+    }
+    for deleter in 0..2 {
+        let conn = connect(&rig.bus).await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                conn.call_method(
+                    Some(MANAGER_NAME),
+                    MANAGER_PATH,
+                    Some("xyz.openbmc_project.Collection.DeleteAll"),
+                    "DeleteAll",
+                    &(),
+                )
+                .await
+                .unwrap();
+            }
+            deleter
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    rig.conn
+        .call_method(
+            Some(MANAGER_NAME),
+            MANAGER_PATH,
+            Some("xyz.openbmc_project.Collection.DeleteAll"),
+            "DeleteAll",
+            &(),
+        )
+        .await
+        .unwrap();
     assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+    let xml: String = rig
+        .conn
+        .call_method(
+            Some(MANAGER_NAME),
+            MANAGER_PATH,
+            Some("org.freedesktop.DBus.Introspectable"),
+            "Introspect",
+            &(),
+        )
+        .await
+        .unwrap()
+        .body()
+        .deserialize()
+        .unwrap();
+    assert!(
+        !xml.contains("<node name=\"entry\""),
+        "no entry node is left: {xml}"
+    );
+}
+
+/// A host-state service that never answers must not eat the caller's deadline.
+struct SilentHost;
+
+#[zbus::interface(name = "xyz.openbmc_project.State.Host")]
+impl SilentHost {
+    #[zbus(property)]
+    async fn current_host_state(&self) -> String {
+        std::future::pending::<()>().await;
+        unreachable!()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_readiness_probes_still_answer_within_the_sign_timeout() {
+    let rig = Rig::new().await;
+    let _host = rig.host("none", &[]).await;
+    let state = zbus::connection::Builder::address(rig.bus.address())
+        .serve_at("/xyz/openbmc_project/state/host0", SilentHost)
+        .name("xyz.openbmc_project.State.Host0")
+        .build()
+        .await
+        .unwrap();
+    // The probes may take 2 s in all; the caller's deadline here is shorter.
+    let _svc = rig.service(&["--sign-timeout", "1"]).await;
+    let (_, csr) = rig.csr("patient");
+    assert_eq!(
+        sign(&rig.conn, &csr).await.unwrap_err(),
+        (
+            common("Unavailable"),
+            "the path to the hypervisor did not answer in time; retry later".to_string()
+        )
+    );
+    // With a deadline past the probes' budget, an unknown host state does not block signing.
+    drop(_svc);
+    let _svc = rig.service(&["--sign-timeout", "10"]).await;
+    let (key, csr) = rig.csr("patient2");
+    check_chain_with_openssl(rig.d(), &sign(&rig.conn, &csr).await.unwrap(), &key);
+    drop(state);
 }
 
 #[tokio::test(flavor = "multi_thread")]

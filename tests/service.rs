@@ -663,3 +663,21 @@ fn ctrl_c_stops_the_demo_and_everything_it_started() {
         "no process of the demo is left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_exits_when_its_bus_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut bus, _conn, mut svc) = emulator(dir.path()).await;
+    bus.kill();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), svc.child.wait())
+        .await
+        .expect("the service exits by itself")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        svc.log()
+            .contains("lost xyz.openbmc_project.HMC.VMInterface or the connection to the bus"),
+        "{}",
+        svc.log()
+    );
+}

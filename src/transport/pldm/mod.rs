@@ -132,15 +132,31 @@ impl Counter {
 struct Shared {
     conn: Connection,
     root_cert_file: PathBuf,
-    counter: Mutex<Counter>,
+    counter: Arc<Mutex<Counter>>,
     /// Live entries by id, with the channel their state is published on.
     entries: Mutex<BTreeMap<u64, LiveEntry>>,
+    /// Serialises every change of the entry objects on the bus, so that an entry being created
+    /// and one being removed (Delete, DeleteAll, the lifetime, a re-announcement) never
+    /// interleave: a half-removed entry must not get its CSR interface back.
+    objects: tokio::sync::Mutex<()>,
+    /// The unique name that owns `xyz.openbmc_project.PLDM`: only pldmd may set entries.
+    pldm_owner: Mutex<Option<String>>,
     settings: Settings,
+}
+
+/// Who an entry belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A `SignCSR` request on the HMC object: the entry lives as long as the request.
+    Request,
+    /// The Authority API: the entry lives until Delete, DeleteAll or the request lifetime.
+    Authority,
 }
 
 struct LiveEntry {
     state: watch::Sender<EntryState>,
     csr_pem: String,
+    origin: Origin,
 }
 
 pub struct Pldm {
@@ -155,10 +171,18 @@ impl Pldm {
         let shared = Arc::new(Shared {
             conn: conn.clone(),
             root_cert_file: opts.root_cert_file.clone(),
-            counter: Mutex::new(counter),
+            counter: Arc::new(Mutex::new(counter)),
             entries: Mutex::new(BTreeMap::new()),
+            objects: tokio::sync::Mutex::new(()),
+            pldm_owner: Mutex::new(None),
             settings: settings.clone(),
         });
+        // Follow pldmd before looking it up, so that no change of owner is missed.
+        let dbus = DBusProxy::new(&conn).await?;
+        let owner_changes = dbus
+            .receive_name_owner_changed_with_args(&[(0, PLDM_NAME)])
+            .await?;
+        *shared.pldm_owner.lock().unwrap_or_else(|p| p.into_inner()) = pldm_owner(&conn).await;
         let server = conn.object_server();
         server.at(MANAGER_PATH, zbus::fdo::ObjectManager).await?;
         if opts.authority_api {
@@ -191,19 +215,16 @@ impl Pldm {
             }
             Err(e) => return Err(StartError::Bus(e.to_string())),
         }
-        tokio::spawn(reannounce_on_pldmd_restart(Arc::downgrade(&shared)));
+        tokio::spawn(follow_pldmd(Arc::downgrade(&shared), owner_changes));
         Ok(Pldm { shared })
     }
 
     /// The ids of the entries that exist now.
     pub fn entry_ids(&self) -> Vec<u64> {
-        self.shared
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect()
+        let mut ids = self.shared.entry_ids(Origin::Request);
+        ids.extend(self.shared.entry_ids(Origin::Authority));
+        ids.sort_unstable();
+        ids
     }
 }
 
@@ -213,16 +234,27 @@ pub fn entry_path(id: u64) -> String {
 
 impl Shared {
     /// Creates entry `<n>`: Entry and Delete first, the CSR interface last, because pldmd acts
-    /// on the InterfacesAdded that carries the CSR.
+    /// on the InterfacesAdded that carries the CSR. With `limit`, refuses when that many
+    /// entries exist already (checked under the same lock as the insertion).
     async fn create_entry(
         self: &Arc<Self>,
         csr_pem: &str,
+        origin: Origin,
+        limit: Option<usize>,
     ) -> Result<(u64, watch::Receiver<EntryState>), Error> {
-        let id = self
-            .counter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next()?;
+        let _objects = self.objects.lock().await;
+        if let Some(limit) = limit {
+            if self.entry_count() >= limit {
+                return Err(Error::InFlightLimit(limit));
+            }
+        }
+        // The counter is synced to disk before the id is used: off the async workers.
+        let counter = self.counter.clone();
+        let id = tokio::task::spawn_blocking(move || {
+            counter.lock().unwrap_or_else(|p| p.into_inner()).next()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("entry counter task failed: {e}")))??;
         let (tx, rx) = watch::channel(EntryState::default());
         self.entries
             .lock()
@@ -232,13 +264,21 @@ impl Shared {
                 LiveEntry {
                     state: tx.clone(),
                     csr_pem: csr_pem.to_string(),
+                    origin,
                 },
             );
         let path = entry_path(id);
         let server = self.conn.object_server();
         let result = async {
             server
-                .at(path.as_str(), EntryIface { id, state: tx })
+                .at(
+                    path.as_str(),
+                    EntryIface {
+                        id,
+                        state: tx,
+                        shared: Arc::downgrade(self),
+                    },
+                )
                 .await?;
             server
                 .at(
@@ -261,17 +301,22 @@ impl Shared {
         }
         .await;
         if let Err(e) = result {
-            self.remove_entry(id).await;
+            self.remove_locked(id).await;
             return Err(Error::Internal(format!(
                 "cannot create certificate entry {id}: {e}"
             )));
         }
-        tracing::debug!(entry = id, "certificate entry created");
+        tracing::debug!(entry = id, ?origin, "certificate entry created");
         Ok((id, rx))
     }
 
     /// Removes entry `<n>` (CSR interface first) and tells whoever waits on it.
     async fn remove_entry(&self, id: u64) -> bool {
+        let _objects = self.objects.lock().await;
+        self.remove_locked(id).await
+    }
+
+    async fn remove_locked(&self, id: u64) -> bool {
         let Some(entry) = self
             .entries
             .lock()
@@ -290,6 +335,34 @@ impl Shared {
         true
     }
 
+    /// The ids of the entries of `origin`.
+    fn entry_ids(&self, origin: Origin) -> Vec<u64> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, e)| e.origin == origin)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether `sender` is pldmd. The cached owner is checked first; on a mismatch the bus is
+    /// asked, since a pldmd that has just started may set before its NameOwnerChanged is seen.
+    async fn is_pldmd(&self, sender: &str) -> bool {
+        let cached = self
+            .pldm_owner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if cached.as_deref() == Some(sender) {
+            return true;
+        }
+        let current = pldm_owner(&self.conn).await;
+        let is = current.as_deref() == Some(sender);
+        *self.pldm_owner.lock().unwrap_or_else(|p| p.into_inner()) = current;
+        is
+    }
+
     fn entry_count(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -306,58 +379,61 @@ impl Shared {
         })
     }
 
+    /// Fails fast when pldmd is not on the bus or the host is known not to run. The host-state
+    /// lookup has one budget of [`PROBE_TIMEOUT`] in all; a slow answer counts as unknown, so
+    /// the caller's deadline is never spent here.
     async fn check_ready(&self) -> Result<(), Error> {
-        let dbus = DBusProxy::new(&self.conn)
-            .await
-            .map_err(|e| Error::Internal(format!("cannot query the bus: {e}")))?;
-        let has_owner = |name: &'static str| {
-            let dbus = &dbus;
-            async move {
-                match tokio::time::timeout(
-                    PROBE_TIMEOUT,
-                    dbus.name_has_owner(BusName::from_static_str(name).expect("valid bus name")),
-                )
-                .await
-                {
-                    Ok(Ok(owned)) => owned,
-                    _ => false,
-                }
-            }
-        };
-        if !has_owner(PLDM_NAME).await {
+        let cached = self
+            .pldm_owner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // A pldmd that has just arrived may not be in the cache yet: ask before refusing.
+        if cached.is_none() && pldm_owner(&self.conn).await.is_none() {
             return Err(Error::HypervisorUnavailable(
                 "pldmd is not running (xyz.openbmc_project.PLDM has no owner); retry later".into(),
             ));
         }
-        let mut services = Vec::new();
-        if has_owner(MAPPER_NAME).await {
-            if let Ok(Ok(found)) =
-                tokio::time::timeout(PROBE_TIMEOUT, mapper_get_object(&self.conn)).await
-            {
-                services = found;
+        match tokio::time::timeout(PROBE_TIMEOUT, self.host_state()).await {
+            Ok(Some(state)) if state != HOST_RUNNING => {
+                let short = state.rsplit('.').next().unwrap_or(&state).to_string();
+                Err(Error::HypervisorUnavailable(format!(
+                    "the host is not running (CurrentHostState {}); retry when it runs",
+                    Escaped(&short)
+                )))
             }
+            _ => Ok(()),
+        }
+    }
+
+    /// Host 0's CurrentHostState, from the service the ObjectMapper names or, without a
+    /// mapper, from phosphor-state-manager's well-known names.
+    async fn host_state(&self) -> Option<String> {
+        let dbus = DBusProxy::new(&self.conn).await.ok()?;
+        let has_owner = |name: &'static str| {
+            let dbus = &dbus;
+            async move {
+                let name = BusName::from_static_str(name).ok()?;
+                dbus.name_has_owner(name).await.ok()
+            }
+        };
+        let mut services = Vec::new();
+        if has_owner(MAPPER_NAME).await == Some(true) {
+            services = mapper_get_object(&self.conn).await.unwrap_or_default();
         }
         if services.is_empty() {
             for name in HOST_SERVICES {
-                if has_owner(name).await {
+                if has_owner(name).await == Some(true) {
                     services.push(name.to_string());
                 }
             }
         }
         for service in services {
-            let state = tokio::time::timeout(PROBE_TIMEOUT, host_state(&self.conn, &service)).await;
-            if let Ok(Ok(state)) = state {
-                if state != HOST_RUNNING {
-                    let short = state.rsplit('.').next().unwrap_or(&state).to_string();
-                    return Err(Error::HypervisorUnavailable(format!(
-                        "the host is not running (CurrentHostState {}); retry when it runs",
-                        Escaped(&short)
-                    )));
-                }
-                return Ok(());
+            if let Ok(state) = host_state(&self.conn, &service).await {
+                return Some(state);
             }
         }
-        Ok(())
+        None
     }
 }
 
@@ -389,29 +465,35 @@ async fn host_state(conn: &Connection, service: &str) -> zbus::Result<String> {
     String::try_from(value).map_err(|e| zbus::Error::Failure(e.to_string()))
 }
 
-/// When pldmd (re)starts it knows nothing of entries announced before: announce the pending
-/// ones again, so a restarted pldmd picks them up instead of leaving them Pending for good.
-async fn reannounce_on_pldmd_restart(shared: std::sync::Weak<Shared>) {
-    let Some(conn) = shared.upgrade().map(|s| s.conn.clone()) else {
-        return;
-    };
-    let Ok(dbus) = DBusProxy::new(&conn).await else {
-        return;
-    };
-    let Ok(mut changes) = dbus
-        .receive_name_owner_changed_with_args(&[(0, PLDM_NAME)])
+/// The unique name that owns `xyz.openbmc_project.PLDM` now, if any.
+async fn pldm_owner(conn: &Connection) -> Option<String> {
+    let dbus = DBusProxy::new(conn).await.ok()?;
+    let name = BusName::from_static_str(PLDM_NAME).ok()?;
+    tokio::time::timeout(PROBE_TIMEOUT, dbus.get_name_owner(name))
         .await
-    else {
-        return;
-    };
+        .ok()?
+        .ok()
+        .map(|owner| owner.to_string())
+}
+
+/// Follows pldmd's name. When pldmd (re)starts it knows nothing of entries announced before,
+/// so the pending ones are announced again instead of staying Pending for good.
+async fn follow_pldmd(
+    shared: std::sync::Weak<Shared>,
+    mut changes: zbus::fdo::NameOwnerChangedStream,
+) {
     while let Some(signal) = crate::bus::next(&mut changes).await {
         let Ok(args) = signal.args() else { continue };
-        if args.new_owner().is_none() {
-            continue;
-        }
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        let owner = args.new_owner().as_ref().map(|o| o.to_string());
+        *shared.pldm_owner.lock().unwrap_or_else(|p| p.into_inner()) = owner.clone();
+        if owner.is_none() {
+            tracing::warn!("pldmd left the bus; requests answer Unavailable until it is back");
+            continue;
+        }
+        let _objects = shared.objects.lock().await;
         let pending: Vec<(u64, String)> = shared
             .entries
             .lock()
@@ -468,7 +550,7 @@ impl HypervisorTransport for Pldm {
     fn sign(&self, csr: Arc<ValidCsr>) -> BoxFuture<'static, Result<Answer, Error>> {
         let shared = self.shared.clone();
         Box::pin(async move {
-            let (id, mut state) = shared.create_entry(&csr.pem).await?;
+            let (id, mut state) = shared.create_entry(&csr.pem, Origin::Request, None).await?;
             let _guard = EntryGuard {
                 shared: shared.clone(),
                 id,

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use zbus::{interface, message::Header, OwnedObjectPath};
 
 use super::{
-    entry_path, EntryState, Shared, MAX_PROPERTY_BYTES, STATUS_BAD_CSR, STATUS_COMPLETE,
+    entry_path, EntryState, Origin, Shared, MAX_PROPERTY_BYTES, STATUS_BAD_CSR, STATUS_COMPLETE,
     STATUS_PENDING,
 };
 use crate::{
@@ -40,38 +40,51 @@ pub(super) fn refuse_set(current: &EntryState, property: &str, value: &str) -> O
 pub(super) struct EntryIface {
     pub(super) id: u64,
     pub(super) state: watch::Sender<EntryState>,
+    pub(super) shared: Weak<Shared>,
 }
 
 impl EntryIface {
-    fn set(
+    async fn set(
         &self,
-        header: Option<&Header<'_>>,
+        header: Option<Header<'_>>,
         property: &str,
         value: String,
     ) -> Result<(), WireError> {
-        let mut refused = None;
-        self.state.send_if_modified(|s| {
-            refused = refuse_set(s, property, &value);
-            if refused.is_some() {
-                return false;
-            }
-            match property {
-                "Status" => s.status = value.clone(),
-                _ => s.client_certificate = value.clone(),
-            }
-            true
-        });
         let sender = header
+            .as_ref()
             .and_then(|h| h.sender())
             .map(|s| s.to_string())
             .unwrap_or_default();
+        // Any root process may call us; only pldmd speaks for the hypervisor. Otherwise anyone
+        // could fail a console's request with BadCSR, which is cached.
+        let from_pldmd = match self.shared.upgrade() {
+            Some(shared) => shared.is_pldmd(&sender).await,
+            None => false,
+        };
+        let mut refused = (!from_pldmd).then(|| {
+            "only pldmd (the owner of xyz.openbmc_project.PLDM) may set certificate entries"
+                .to_string()
+        });
+        if refused.is_none() {
+            self.state.send_if_modified(|s| {
+                refused = refuse_set(s, property, &value);
+                if refused.is_some() {
+                    return false;
+                }
+                match property {
+                    "Status" => s.status = value.clone(),
+                    _ => s.client_certificate = value.clone(),
+                }
+                true
+            });
+        }
         match refused {
             Some(why) => {
                 tracing::warn!(entry = self.id, property, sender = %Escaped(&sender), bytes = value.len(), reason = %why, "refused a property Set on a certificate entry");
                 Err(Error::SetRefused(why).into())
             }
             None => {
-                tracing::debug!(entry = self.id, property, sender = %Escaped(&sender), bytes = value.len(), "certificate entry property set");
+                tracing::info!(entry = self.id, property, sender = %Escaped(&sender), bytes = value.len(), "pldmd set a certificate entry property");
                 Ok(())
             }
         }
@@ -86,12 +99,12 @@ impl EntryIface {
     }
 
     #[zbus(property)]
-    fn set_client_certificate(
+    async fn set_client_certificate(
         &self,
         #[zbus(header)] header: Option<Header<'_>>,
         value: String,
     ) -> Result<(), WireError> {
-        self.set(header.as_ref(), "ClientCertificate", value)
+        self.set(header, "ClientCertificate", value).await
     }
 
     #[zbus(property)]
@@ -100,12 +113,12 @@ impl EntryIface {
     }
 
     #[zbus(property)]
-    fn set_status(
+    async fn set_status(
         &self,
         #[zbus(header)] header: Option<Header<'_>>,
         value: String,
     ) -> Result<(), WireError> {
-        self.set(header.as_ref(), "Status", value)
+        self.set(header, "Status", value).await
     }
 }
 
@@ -180,15 +193,19 @@ impl Authority {
     async fn create(&self, input: &str) -> Result<(u64, ValidCsr), Error> {
         let csr = csr::validate(input, &self.shared.settings.policy)?;
         let limit = self.shared.settings.limits.max_in_flight;
-        if self.shared.entry_count() >= limit {
-            return Err(Error::InFlightLimit(limit));
-        }
-        let (id, _) = self.shared.create_entry(&csr.pem).await?;
-        // The entry shows what pldmd set until Delete, DeleteAll or the request lifetime.
+        let (id, mut state) = self
+            .shared
+            .create_entry(&csr.pem, Origin::Authority, Some(limit))
+            .await?;
+        // The entry shows what pldmd set until Delete, DeleteAll or the request lifetime; the
+        // timer ends with the entry, so deleted entries leave no task behind.
         let shared = Arc::downgrade(&self.shared);
         let lifetime = self.shared.settings.limits.request_lifetime;
         tokio::spawn(async move {
-            tokio::time::sleep(lifetime).await;
+            tokio::select! {
+                _ = tokio::time::sleep(lifetime) => {}
+                _ = state.wait_for(|s| s.deleted) => return,
+            }
             if let Some(shared) = shared.upgrade() {
                 if shared.remove_entry(id).await {
                     tracing::info!(entry = id, "certificate entry expired");
@@ -206,16 +223,10 @@ pub(super) struct DeleteAll {
 
 #[interface(name = "xyz.openbmc_project.Collection.DeleteAll")]
 impl DeleteAll {
+    /// Removes the entries made through the Authority API; those of waiting `SignCSR`
+    /// requests belong to their requests.
     async fn delete_all(&self) {
-        let ids: Vec<u64> = self
-            .shared
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
-        for id in ids {
+        for id in self.shared.entry_ids(Origin::Authority) {
             self.shared.remove_entry(id).await;
         }
     }
