@@ -97,7 +97,13 @@ pub async fn run(opts: SignOptions) -> Result<(), StartError> {
         .map_err(|e| StartError::Failed(describe(&e)))?;
     match opts.out {
         None => print!("{chain}"),
-        Some(dir) => write_chain(&dir, &chain)?,
+        Some(dir) => {
+            write_chain(&dir, &chain)?;
+            println!(
+                "wrote chain.pem, client.crt and ca.crt into {}",
+                dir.display()
+            );
+        }
     }
     Ok(())
 }

@@ -248,7 +248,11 @@ impl Limits {
             return Err("--sign-timeout must be greater than 0".into());
         }
         if self.request_lifetime < self.sign_timeout {
-            return Err("--request-lifetime must not be shorter than --sign-timeout".into());
+            return Err(format!(
+                "--request-lifetime ({} s) must not be shorter than --sign-timeout ({} s)",
+                self.request_lifetime.as_secs_f64(),
+                self.sign_timeout.as_secs_f64()
+            ));
         }
         if self.max_in_flight == 0 {
             return Err("--max-in-flight must be at least 1".into());

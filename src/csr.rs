@@ -53,6 +53,46 @@ impl std::fmt::Debug for ValidCsr {
     }
 }
 
+/// What the request log says of a CSR: subject (escaped), key type and SHA-256 fingerprint
+/// of the DER. Empty where the input does not tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFacts {
+    pub subject: String,
+    pub key_type: String,
+    pub fingerprint: String,
+}
+
+impl LogFacts {
+    pub fn of(csr: &ValidCsr) -> Self {
+        LogFacts {
+            subject: csr.subject.clone(),
+            key_type: csr.key_type.to_string(),
+            fingerprint: csr.fingerprint_hex(),
+        }
+    }
+
+    /// For a refused CSR: whatever of it parses.
+    pub fn best_effort(input: &str, policy: &Policy) -> Self {
+        let Ok(der) = intake(input, policy.max_csr_bytes) else {
+            return LogFacts::default();
+        };
+        let fingerprint = hash(MessageDigest::sha256(), &der)
+            .map(|d| hex(&d))
+            .unwrap_or_default();
+        let Ok(req) = X509Req::from_der(&der) else {
+            return LogFacts {
+                fingerprint,
+                ..LogFacts::default()
+            };
+        };
+        LogFacts {
+            subject: subject_for_log(req.subject_name()),
+            key_type: req.public_key().map(|k| key_name(&k).1).unwrap_or_default(),
+            fingerprint,
+        }
+    }
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -251,7 +291,19 @@ fn key_type(key: &PKey<Public>, policy: &Policy) -> Result<KeyType, Error> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (found, name) = match key.id() {
+    let (found, name) = key_name(key);
+    match found {
+        Some(kt) if policy.key_types.contains(&kt) => Ok(kt),
+        _ => Err(Error::PolicyViolation(format!(
+            "{name} keys are not accepted (allowed: {})",
+            allowed()
+        ))),
+    }
+}
+
+/// The key's type if it is one we know, and its name for messages (`RSA-1024`, `EC secp521r1`).
+fn key_name(key: &PKey<Public>) -> (Option<KeyType>, String) {
+    match key.id() {
         Id::RSA => {
             let bits = key.bits();
             let kt = match bits {
@@ -278,13 +330,6 @@ fn key_type(key: &PKey<Public>, policy: &Policy) -> Result<KeyType, Error> {
         Id::ED448 => (None, "Ed448".to_string()),
         Id::DSA => (None, "DSA".to_string()),
         _ => (None, "this key algorithm".to_string()),
-    };
-    match found {
-        Some(kt) if policy.key_types.contains(&kt) => Ok(kt),
-        _ => Err(Error::PolicyViolation(format!(
-            "{name} keys are not accepted (allowed: {})",
-            allowed()
-        ))),
     }
 }
 

@@ -49,6 +49,14 @@ pub struct ServeOptions {
 /// Runs the service until `shutdown` completes.
 pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     opts.settings.limits.check().map_err(StartError::Usage)?;
+    if opts.settings.limits.sign_timeout >= std::time::Duration::from_secs(25) {
+        // Callers with D-Bus's default timeout (bmcweb, busctl) then see NoReply instead.
+        tracing::warn!(
+            sign_timeout_s = opts.settings.limits.sign_timeout.as_secs_f64(),
+            "--sign-timeout is not below D-Bus's default method timeout of 25 s: callers that \
+             keep that default get NoReply instead of Unavailable"
+        );
+    }
     if opts.transport == TransportKind::Emulator
         && opts.bus.is_system()
         && !opts.allow_emulator_on_system_bus

@@ -127,28 +127,28 @@ struct SimulateArgs {
 struct ServeArgs {
     #[command(flatten)]
     bus: BusArgs,
-    /// How CSRs reach the hypervisor.
+    /// How CSRs reach the hypervisor: pldm (pldmd, production) or emulator (software CA).
     #[arg(long, default_value = "pldm")]
     transport: TransportKind,
     /// Let the software CA answer on the system bus (development images only).
     #[arg(long)]
     allow_emulator_on_system_bus: bool,
-    /// State directory: the software CA and the lock.
+    /// State directory: the lock, the pldm entry counter, the emulator's software CA.
     #[arg(long, default_value = "/var/lib/vmi-cert-exchange")]
     state_dir: PathBuf,
-    /// Seconds a caller waits before `Unavailable` (fractions allowed).
+    /// Seconds a caller waits before `Unavailable` (fractions allowed) [default: 20].
     #[arg(long, value_parser = config::parse_seconds)]
     sign_timeout: Option<Duration>,
-    /// Seconds a request may keep going in the background.
+    /// Seconds a request may keep going in the background [default: 600].
     #[arg(long, value_parser = config::parse_seconds)]
     request_lifetime: Option<Duration>,
     /// Seconds a finished result is answered from the cache (default: the request lifetime).
     #[arg(long, value_parser = config::parse_seconds)]
     result_ttl: Option<Duration>,
-    /// Distinct requests in flight at once.
+    /// Distinct requests in flight at once [default: 64].
     #[arg(long)]
     max_in_flight: Option<usize>,
-    /// Seconds a returned certificate's notBefore may lie in the future.
+    /// Seconds a returned certificate's notBefore may lie in the future [default: 86400].
     #[arg(long, value_parser = config::parse_seconds)]
     clock_skew: Option<Duration>,
     /// TOML configuration file (flags win over it).
@@ -182,7 +182,7 @@ struct DemoArgs {
     /// Where to write client.key, client.csr, client.crt, ca.crt and chain.pem.
     #[arg(long, default_value = "./vmi-demo")]
     out: PathBuf,
-    /// The transport the demo's service uses.
+    /// The transport the demo's service uses: emulator, or pldm through simulate-host.
     #[arg(long, default_value = "emulator")]
     transport: TransportKind,
 }

@@ -91,21 +91,18 @@ impl Signer {
     /// Signs the CSR text `input` sent by `caller` and logs one line about it.
     pub async fn sign(self: &Arc<Self>, caller: &str, input: &str) -> Result<String, Error> {
         let started = Instant::now();
-        let (csr, result) = match csr::validate(input, &self.settings.policy) {
+        let (facts, result) = match csr::validate(input, &self.settings.policy) {
             Ok(csr) => {
-                let csr = Arc::new(csr);
-                let result = self.sign_valid(csr.clone()).await;
-                (Some(csr), result)
+                let facts = csr::LogFacts::of(&csr);
+                (facts, self.sign_valid(Arc::new(csr)).await)
             }
-            Err(e) => (None, Err(e)),
+            // Say as much as can be read of a refused CSR, so that its sender can be found.
+            Err(e) => (
+                csr::LogFacts::best_effort(input, &self.settings.policy),
+                Err(e),
+            ),
         };
-        log_request(
-            caller,
-            input.len(),
-            csr.as_deref(),
-            &result,
-            started.elapsed(),
-        );
+        log_request(caller, input.len(), &facts, &result, started.elapsed());
         result.map(|chain| chain.pem)
     }
 
@@ -216,15 +213,18 @@ fn lookup_locked(table: &mut Table, key: &Key, ttl: Duration) -> Option<Admissio
 fn log_request(
     caller: &str,
     size: usize,
-    csr: Option<&ValidCsr>,
+    facts: &csr::LogFacts,
     result: &Outcome,
     elapsed: Duration,
 ) {
     let caller = Escaped(caller).to_string();
-    let subject = csr.map(|c| c.subject.clone()).unwrap_or_default();
-    let key_type = csr.map(|c| c.key_type.to_string()).unwrap_or_default();
-    let fingerprint = csr.map(|c| c.fingerprint_hex()).unwrap_or_default();
-    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    let csr::LogFacts {
+        subject,
+        key_type,
+        fingerprint,
+    } = facts;
+    // Microseconds are plenty; more digits are float noise.
+    let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
     match result {
         Ok(chain) => tracing::info!(
             target: "vmi_cert_exchange::request",

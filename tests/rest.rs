@@ -1055,7 +1055,10 @@ async fn bmcweb_refusals_are_named_and_not_retried() {
     let why = vmi_cert_exchange::csr::validate("hello\n", &Default::default()).unwrap_err();
     assert_eq!(
         text(&result.stderr),
-        format!("vmi-cert-exchange: the CSR cannot be used: {why}; fix the CSR\n")
+        format!(
+            "vmi-cert-exchange: the CSR was not sent (checked here first): \
+             xyz.openbmc_project.Common.Error.InvalidArgument: {why}; fix the CSR\n"
+        )
     );
     assert_eq!(s.bmc.state().logins, 5);
 }

@@ -249,6 +249,13 @@ async fn sign_subcommand_writes_the_chain_or_prints_the_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "wrote chain.pem, client.crt and ca.crt into {}\n",
+            out_dir.display()
+        )
+    );
     let chain = std::fs::read_to_string(out_dir.join("chain.pem")).unwrap();
     let (leaf, root) = check_chain_with_openssl(d, &chain, &key);
     assert_eq!(
@@ -570,6 +577,9 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
     };
     sign(&conn, &evil).await.unwrap();
     sign(&conn, "garbage").await.unwrap_err();
+    // A refused CSR that parses is still identified in the log.
+    let weak = req(&genpkey(d, "weak", "rsa1024"), "/CN=weak", &[]);
+    sign(&conn, &weak).await.unwrap_err();
     let log = svc.log();
     svc.stop().await;
 
@@ -579,7 +589,7 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
         .map(|b| format!("{b:02x}"))
         .collect::<String>();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("SignCSR")).collect();
-    assert_eq!(lines.len(), 3, "{log}");
+    assert_eq!(lines.len(), 4, "{log}");
     for field in [
         "caller=:",
         "subject=CN=logged",
@@ -597,6 +607,25 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
         lines[1]
     );
     assert!(lines[2].contains("outcome=InvalidArgument"), "{}", lines[2]);
+    assert!(
+        lines[2].contains("subject= key_type= fingerprint= "),
+        "{}",
+        lines[2]
+    );
+    let weak_body: String = weak.lines().filter(|l| !l.starts_with("-----")).collect();
+    let weak_fingerprint =
+        openssl::sha::sha256(&openssl::base64::decode_block(&weak_body).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+    for field in [
+        "subject=CN=weak".to_string(),
+        "key_type=RSA-1024".to_string(),
+        format!("fingerprint={weak_fingerprint}"),
+        "outcome=InvalidArgument".to_string(),
+    ] {
+        assert!(lines[3].contains(&field), "{field} missing in {}", lines[3]);
+    }
     assert_eq!(
         log.lines().filter(|l| l.contains("INFO fake")).count(),
         1,

@@ -141,8 +141,13 @@ pub fn run_blocking(opts: RestSignOptions) -> Result<(), StartError> {
     };
     // The BMC checks again with its own policy; this catches what no policy accepts before
     // anything goes over the network, and gives the key the answer must match.
-    let valid = csr::validate(&csr_text, &lenient_policy())
-        .map_err(|e| StartError::Failed(format!("the CSR cannot be used: {e}; fix the CSR")))?;
+    let valid = csr::validate(&csr_text, &lenient_policy()).map_err(|e| {
+        StartError::Failed(format!(
+            "the CSR was not sent (checked here first): {}.{}: {e}; fix the CSR",
+            crate::error::ERROR_PREFIX,
+            e.dbus_name()
+        ))
+    })?;
 
     let started = Instant::now();
     let deadline = started + opts.timeout;
