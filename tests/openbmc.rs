@@ -765,20 +765,7 @@ fn yaml_reader_handles_the_forms_phosphor_files_use() {
 #[tokio::test(flavor = "multi_thread")]
 async fn emulator_service_serves_exactly_the_committed_interface() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = private_bus();
-    let conn = connect(&bus).await;
-    let state = dir.path().join("state");
-    let _svc = Service::start(
-        &bus,
-        &conn,
-        &[
-            "--transport",
-            "emulator",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (_bus, conn, _svc) = emulator_service(dir.path(), &[]).await;
     let mut live = introspect(&conn, BUS_NAME, OBJECT_PATH).await;
     let ours: Vec<&String> = live.interfaces.keys().filter(|i| !is_standard(i)).collect();
     assert_eq!(ours, [INTERFACE]);

@@ -109,6 +109,10 @@ impl Rig {
             .unwrap()
     }
 
+    async fn delete_all(&self) {
+        delete_all(&self.conn).await;
+    }
+
     async fn managed_objects(&self) -> Vec<String> {
         let reply = self
             .conn
@@ -156,6 +160,19 @@ async fn next_entry_signal(stream: &mut MessageStream) -> (String, String, Vec<S
         let (path, ifaces): (OwnedObjectPath, Vec<String>) = msg.body().deserialize().unwrap();
         (member, path.as_str().to_string(), ifaces)
     }
+}
+
+/// `xyz.openbmc_project.Collection.DeleteAll` at the Manager object.
+async fn delete_all(conn: &zbus::Connection) {
+    conn.call_method(
+        Some(MANAGER_NAME),
+        MANAGER_PATH,
+        Some("xyz.openbmc_project.Collection.DeleteAll"),
+        "DeleteAll",
+        &(),
+    )
+    .await
+    .unwrap();
 }
 
 const ENTRY1: &str = "/xyz/openbmc_project/certs/ca/entry/1";
@@ -711,16 +728,7 @@ async fn delete_all_removes_authority_entries_and_leaves_waiting_requests_alone(
     );
 
     let mut signals = rig.entry_signals().await;
-    rig.conn
-        .call_method(
-            Some(MANAGER_NAME),
-            MANAGER_PATH,
-            Some("xyz.openbmc_project.Collection.DeleteAll"),
-            "DeleteAll",
-            &(),
-        )
-        .await
-        .unwrap();
+    rig.delete_all().await;
     let mut removed = std::collections::BTreeSet::new();
     while removed.len() < 2 {
         let (member, path, _) = next_entry_signal(&mut signals).await;
@@ -759,15 +767,7 @@ async fn concurrent_creation_and_delete_all_leave_nothing_behind() {
         let conn = connect(&rig.bus).await;
         tasks.push(tokio::spawn(async move {
             for _ in 0..40 {
-                conn.call_method(
-                    Some(MANAGER_NAME),
-                    MANAGER_PATH,
-                    Some("xyz.openbmc_project.Collection.DeleteAll"),
-                    "DeleteAll",
-                    &(),
-                )
-                .await
-                .unwrap();
+                delete_all(&conn).await;
             }
             deleter
         }));
@@ -775,31 +775,9 @@ async fn concurrent_creation_and_delete_all_leave_nothing_behind() {
     for t in tasks {
         t.await.unwrap();
     }
-    rig.conn
-        .call_method(
-            Some(MANAGER_NAME),
-            MANAGER_PATH,
-            Some("xyz.openbmc_project.Collection.DeleteAll"),
-            "DeleteAll",
-            &(),
-        )
-        .await
-        .unwrap();
+    rig.delete_all().await;
     assert_eq!(rig.managed_objects().await, Vec::<String>::new());
-    let xml: String = rig
-        .conn
-        .call_method(
-            Some(MANAGER_NAME),
-            MANAGER_PATH,
-            Some("org.freedesktop.DBus.Introspectable"),
-            "Introspect",
-            &(),
-        )
-        .await
-        .unwrap()
-        .body()
-        .deserialize()
-        .unwrap();
+    let xml = introspect_xml(&rig.conn, MANAGER_NAME, MANAGER_PATH).await;
     assert!(
         !xml.contains("<node name=\"entry\""),
         "no entry node is left: {xml}"
@@ -907,20 +885,7 @@ async fn no_authority_api_leaves_only_the_object_manager() {
     let rig = Rig::new().await;
     let _host = rig.host("none", &[]).await;
     let _svc = rig.service(&["--no-authority-api"]).await;
-    let xml: String = rig
-        .conn
-        .call_method(
-            Some(MANAGER_NAME),
-            MANAGER_PATH,
-            Some("org.freedesktop.DBus.Introspectable"),
-            "Introspect",
-            &(),
-        )
-        .await
-        .unwrap()
-        .body()
-        .deserialize()
-        .unwrap();
+    let xml = introspect_xml(&rig.conn, MANAGER_NAME, MANAGER_PATH).await;
     assert!(xml.contains("interface name=\"org.freedesktop.DBus.ObjectManager\""));
     assert!(
         !xml.contains("xyz.openbmc_project.Certs.Authority"),

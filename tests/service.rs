@@ -12,35 +12,11 @@ use std::{
 
 use common::*;
 
-async fn emulator(
-    dir: &std::path::Path,
-) -> (
-    vmi_cert_exchange::bus::PrivateBus,
-    zbus::Connection,
-    Service,
-) {
-    let bus = private_bus();
-    let conn = connect(&bus).await;
-    let state = dir.join("state");
-    let svc = Service::start(
-        &bus,
-        &conn,
-        &[
-            "--transport",
-            "emulator",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    )
-    .await;
-    (bus, conn, svc)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn signs_rsa_and_ec_csrs_made_by_openssl() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (_bus, conn, _svc) = emulator(d).await;
+    let (_bus, conn, _svc) = emulator_service(d, &[]).await;
     for (kind, usage) in [
         ("rsa2048", "Digital Signature, Key Encipherment"),
         ("rsa4096", "Digital Signature, Key Encipherment"),
@@ -108,7 +84,7 @@ async fn signs_rsa_and_ec_csrs_made_by_openssl() {
 async fn busctl_call_returns_the_chain_and_the_error_message() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (bus, _conn, _svc) = emulator(d).await;
+    let (bus, _conn, _svc) = emulator_service(d, &[]).await;
     let key = genpkey(d, "hmc", "p256");
     let csr = req(&key, "/CN=busctl-user", &[]);
     let busctl = |arg: &str| {
@@ -205,7 +181,7 @@ async fn a_restart_keeps_the_same_root() {
 async fn thirty_two_parallel_callers_each_get_their_own_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (_bus, conn, _svc) = emulator(d).await;
+    let (_bus, conn, _svc) = emulator_service(d, &[]).await;
     let mut tasks = Vec::new();
     for i in 0..32 {
         let key = genpkey(
@@ -230,7 +206,7 @@ async fn thirty_two_parallel_callers_each_get_their_own_certificate() {
 async fn sign_subcommand_writes_the_chain_or_prints_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (bus, _conn, _svc) = emulator(d).await;
+    let (bus, _conn, _svc) = emulator_service(d, &[]).await;
     let key = genpkey(d, "hmc", "rsa2048");
     let csr_file = d.join("hmc.csr");
     std::fs::write(&csr_file, req(&key, "/CN=cli", &[])).unwrap();
@@ -451,22 +427,7 @@ async fn config_file_policy_applies() {
         "[policy]\nkey_types = [\"p384\"]\n[emulator]\nvalidity_days = 7\n",
     )
     .unwrap();
-    let bus = private_bus();
-    let conn = connect(&bus).await;
-    let state = d.join("state");
-    let _svc = Service::start(
-        &bus,
-        &conn,
-        &[
-            "--transport",
-            "emulator",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (_bus, conn, _svc) = emulator_service(d, &["--config", cfg.to_str().unwrap()]).await;
     let p256 = genpkey(d, "p256", "p256");
     let (name, message) = sign(&conn, &req(&p256, "/CN=x", &[])).await.unwrap_err();
     assert_eq!(name, common("InvalidArgument"));
@@ -554,7 +515,7 @@ fn demo_completes_the_mutual_tls_handshake() {
 async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (_bus, conn, svc) = emulator(d).await;
+    let (_bus, conn, svc) = emulator_service(d, &[]).await;
     let key = genpkey(d, "hmc", "p256");
     let csr = req(&key, "/CN=logged", &[]);
     let chain = sign(&conn, &csr).await.unwrap();
@@ -696,7 +657,7 @@ fn ctrl_c_stops_the_demo_and_everything_it_started() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_exits_when_its_bus_goes_away() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut bus, _conn, mut svc) = emulator(dir.path()).await;
+    let (mut bus, _conn, mut svc) = emulator_service(dir.path(), &[]).await;
     bus.kill();
     let status = tokio::time::timeout(std::time::Duration::from_secs(10), svc.child.wait())
         .await

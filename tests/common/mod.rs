@@ -75,6 +75,41 @@ impl Service {
     }
 }
 
+/// A private bus with the service on it, emulator transport, state in `<dir>/state`.
+pub async fn emulator_service(
+    dir: &Path,
+    extra: &[&str],
+) -> (PrivateBus, zbus::Connection, Service) {
+    let bus = private_bus();
+    let conn = connect(&bus).await;
+    let state = dir.join("state");
+    let mut args = vec![
+        "--transport",
+        "emulator",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let svc = Service::start(&bus, &conn, &args).await;
+    (bus, conn, svc)
+}
+
+/// `org.freedesktop.DBus.Introspectable.Introspect` of `path` under `destination`.
+pub async fn introspect_xml(conn: &zbus::Connection, destination: &str, path: &str) -> String {
+    conn.call_method(
+        Some(destination),
+        path,
+        Some("org.freedesktop.DBus.Introspectable"),
+        "Introspect",
+        &(),
+    )
+    .await
+    .unwrap()
+    .body()
+    .deserialize()
+    .unwrap()
+}
+
 /// Runs `vmi-cert-exchange <args>` to completion.
 pub fn run_bin(args: &[&str]) -> Output {
     Command::new(BIN)
