@@ -4,7 +4,7 @@
 //! connection of its own that owns `xyz.openbmc_project.Certs.ca.authority.Manager`. pldmd reacts
 //! to the InterfacesAdded that carries the CSR interface, forwards the CSR to the hypervisor over
 //! PLDM, and writes the signed certificate back with Properties.Set. The root certificate is the
-//! file the hypervisor pushes when VMI boots. Facts: `shared/reference/pldm.md`.
+//! file the hypervisor pushes when VMI boots. README.md, "The pldm transport", has the details.
 
 use std::{
     collections::BTreeMap,
