@@ -607,6 +607,19 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
 
 #[test]
 fn ctrl_c_stops_the_demo_and_everything_it_started() {
+    // The signal is sent right after the first step; on a machine slow enough for the demo to
+    // finish before it lands, the run proves nothing and is repeated.
+    for _ in 0..3 {
+        if interrupt_demo_after_first_step() {
+            return;
+        }
+    }
+    panic!("the demo finished before Ctrl-C three times");
+}
+
+/// Runs the demo, interrupts it after its first step and checks that nothing is left. False
+/// when the demo had already finished.
+fn interrupt_demo_after_first_step() -> bool {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
@@ -625,13 +638,15 @@ fn ctrl_c_stops_the_demo_and_everything_it_started() {
         .and_then(|rest| rest.rsplit_once('/'))
         .map(|(dir, _)| std::path::PathBuf::from(dir))
         .expect("bus address on the first line");
-    assert!(socket_dir.exists());
     assert!(Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap()
         .success());
     let out = child.wait_with_output().unwrap();
+    if out.status.code() == Some(0) {
+        return false;
+    }
     assert_eq!(
         out.status.code(),
         Some(130),
@@ -652,6 +667,7 @@ fn ctrl_c_stops_the_demo_and_everything_it_started() {
         "",
         "no process of the demo is left"
     );
+    true
 }
 
 #[tokio::test(flavor = "multi_thread")]
