@@ -29,7 +29,7 @@ use crate::{
 
 pub struct DemoOptions {
     pub out: PathBuf,
-    /// Extra arguments for the service (e.g. `--transport pldm`).
+    /// The transport the service uses; `pldm` also starts the host simulator.
     pub transport: crate::daemon::TransportKind,
 }
 

@@ -67,14 +67,6 @@ impl Signer {
         })
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    pub fn transport_name(&self) -> &'static str {
-        self.transport.name()
-    }
-
     pub fn counts(&self) -> Counts {
         let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         Counts {

@@ -218,14 +218,6 @@ impl Pldm {
         tokio::spawn(follow_pldmd(Arc::downgrade(&shared), owner_changes));
         Ok(Pldm { shared })
     }
-
-    /// The ids of the entries that exist now.
-    pub fn entry_ids(&self) -> Vec<u64> {
-        let mut ids = self.shared.entry_ids(Origin::Request);
-        ids.extend(self.shared.entry_ids(Origin::Authority));
-        ids.sort_unstable();
-        ids
-    }
 }
 
 pub fn entry_path(id: u64) -> String {
