@@ -33,6 +33,9 @@ use crate::{csr::ValidCsr, error::StartError, util::write_new_file};
 pub const KEY_FILE: &str = "ca.key";
 pub const CERT_FILE: &str = "ca.crt";
 pub const LOCK_FILE: &str = "lock";
+/// Common names of the two software roots, distinct so that a chain shows which one signed it.
+pub const EMULATOR_CA_NAME: &str = "VMI Emulated Root CA";
+pub const SIMULATOR_CA_NAME: &str = "VMI Simulated Hypervisor Root CA";
 const TMP_PREFIX: &str = ".ca-new-";
 
 /// Leaves are backdated so a host whose clock is a little behind still accepts them.
@@ -129,7 +132,7 @@ fn digest_for(key: &PKeyRef<Private>) -> MessageDigest {
 impl SoftCa {
     /// A fresh CA in memory: EC P-384 key, 10-year self-signed root.
     pub fn generate() -> OsslResult<Self> {
-        Self::generate_named("VMI Emulated Root CA")
+        Self::generate_named(EMULATOR_CA_NAME)
     }
 
     pub fn generate_named(common_name: &str) -> OsslResult<Self> {
@@ -188,9 +191,9 @@ impl SoftCa {
         &self.key
     }
 
-    /// Opens the CA of a state directory, creating it if the directory holds none. The caller
-    /// holds the directory's [`StateLock`].
-    pub fn open_or_create(lock: &StateLock) -> Result<Self, StartError> {
+    /// Opens the CA of a state directory, creating it with the given common name if the
+    /// directory holds none. The caller holds the directory's [`StateLock`].
+    pub fn open_or_create(lock: &StateLock, common_name: &str) -> Result<Self, StartError> {
         let dir = &lock.dir;
         remove_stale_temporaries(dir);
         let key_path = dir.join(KEY_FILE);
@@ -198,7 +201,7 @@ impl SoftCa {
         match (key_path.exists(), cert_path.exists()) {
             (true, true) => Self::load(dir),
             (false, false) => {
-                let ca = Self::generate()
+                let ca = Self::generate_named(common_name)
                     .map_err(|e| StartError::Failed(format!("cannot generate the CA key: {e}")))?;
                 ca.write_atomically(dir)?;
                 tracing::info!(
@@ -403,7 +406,9 @@ mod tests {
         let state = dir.path().join("state");
         let first = {
             let lock = StateLock::acquire(&state).unwrap();
-            SoftCa::open_or_create(&lock).unwrap().root_pem()
+            SoftCa::open_or_create(&lock, EMULATOR_CA_NAME)
+                .unwrap()
+                .root_pem()
         };
         let meta = fs::metadata(state.join(KEY_FILE)).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
@@ -413,7 +418,12 @@ mod tests {
             "PKCS#8 PEM expected"
         );
         let lock = StateLock::acquire(&state).unwrap();
-        assert_eq!(SoftCa::open_or_create(&lock).unwrap().root_pem(), first);
+        assert_eq!(
+            SoftCa::open_or_create(&lock, EMULATOR_CA_NAME)
+                .unwrap()
+                .root_pem(),
+            first
+        );
         let names: Vec<_> = fs::read_dir(&state)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -438,12 +448,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let lock = StateLock::acquire(dir.path()).unwrap();
-            SoftCa::open_or_create(&lock).unwrap();
+            SoftCa::open_or_create(&lock, EMULATOR_CA_NAME).unwrap();
         }
         let cert = fs::read(dir.path().join(CERT_FILE)).unwrap();
         fs::remove_file(dir.path().join(CERT_FILE)).unwrap();
         let lock = StateLock::acquire(dir.path()).unwrap();
-        let err = SoftCa::open_or_create(&lock).unwrap_err();
+        let err = SoftCa::open_or_create(&lock, EMULATOR_CA_NAME).unwrap_err();
         assert_eq!(err.exit_code(), crate::error::EXIT_CA_CORRUPT);
         assert!(
             err.to_string()
@@ -453,7 +463,7 @@ mod tests {
         assert!(!dir.path().join(CERT_FILE).exists());
 
         fs::write(dir.path().join(CERT_FILE), b"not a certificate").unwrap();
-        let err = SoftCa::open_or_create(&lock).unwrap_err();
+        let err = SoftCa::open_or_create(&lock, EMULATOR_CA_NAME).unwrap_err();
         assert!(
             err.to_string()
                 .contains("ca.crt is not a single PEM CERTIFICATE block"),
@@ -468,7 +478,7 @@ mod tests {
             .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_128_cbc(), b"pw")
             .unwrap();
         fs::write(dir.path().join(KEY_FILE), encrypted).unwrap();
-        let err = SoftCa::open_or_create(&lock).unwrap_err();
+        let err = SoftCa::open_or_create(&lock, EMULATOR_CA_NAME).unwrap_err();
         assert!(
             err.to_string()
                 .contains("ca.key is not a single PEM PRIVATE KEY block"),
@@ -478,7 +488,7 @@ mod tests {
 
         let other = SoftCa::generate().unwrap();
         fs::write(dir.path().join(CERT_FILE), other.root_pem()).unwrap();
-        let err = SoftCa::open_or_create(&lock).unwrap_err();
+        let err = SoftCa::open_or_create(&lock, EMULATOR_CA_NAME).unwrap_err();
         assert!(err.to_string().contains("do not belong together"), "{err}");
         assert_ne!(other.root_pem().as_bytes(), &cert[..]);
     }

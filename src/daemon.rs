@@ -75,7 +75,7 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
     }
     let transport: Arc<dyn HypervisorTransport> = match opts.transport {
         TransportKind::Emulator => {
-            let ca = SoftCa::open_or_create(&lock)?;
+            let ca = SoftCa::open_or_create(&lock, crate::ca::EMULATOR_CA_NAME)?;
             tracing::info!(
                 root_fingerprint = %ca.root_fingerprint(),
                 state_dir = %opts.state_dir.display(),

@@ -131,7 +131,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let lock = StateLock::acquire(&opts.state_dir)?;
-    let ca = SoftCa::open_or_create(&lock)?;
+    let ca = SoftCa::open_or_create(&lock, crate::ca::SIMULATOR_CA_NAME)?;
     if opts.fault == Fault::NoRootFile {
         match std::fs::remove_file(&opts.root_cert_file) {
             Ok(()) => {

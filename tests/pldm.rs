@@ -878,6 +878,16 @@ fn demo_through_the_pldm_transport_completes_the_handshake() {
     assert!(stdout.contains("mutual TLS handshake with client.key + client.crt: TLSv1.3"));
     let chain = std::fs::read_to_string(out_dir.join("chain.pem")).unwrap();
     check_chain_with_openssl(dir.path(), &chain, &out_dir.join("client.key"));
+    // Signed by the simulated hypervisor's root, not by an emulator CA.
+    let subject = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(out_dir.join("ca.crt"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&subject.stdout),
+        "subject=CN=VMI Simulated Hypervisor Root CA,O=vmi-cert-exchange\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
