@@ -7,7 +7,8 @@ mod common;
 use std::{
     fs::{File, OpenOptions},
     os::unix::fs::PermissionsExt,
-    process::Command,
+    path::Path,
+    process::{Command, Output},
 };
 
 use common::*;
@@ -290,15 +291,7 @@ async fn a_held_state_lock_makes_a_second_process_refuse_to_start() {
         .unwrap();
     lock.try_lock().unwrap();
     let bus = private_bus();
-    let out = run_bin(&[
-        "serve",
-        "--address",
-        bus.address(),
-        "--transport",
-        "emulator",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
+    let out = serve_emulator(bus.address(), &state, &[]);
     assert_eq!(out.status.code(), Some(4));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -331,9 +324,7 @@ async fn a_half_present_or_corrupt_ca_is_exit_code_3_and_never_a_new_root() {
     let key = std::fs::read(state.join("ca.key")).unwrap();
 
     std::fs::remove_file(state.join("ca.crt")).unwrap();
-    let mut full = vec!["serve", "--address", bus.address()];
-    full.extend_from_slice(&args);
-    let out = run_bin(&full);
+    let out = serve_emulator(bus.address(), &state, &[]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -348,7 +339,7 @@ async fn a_half_present_or_corrupt_ca_is_exit_code_3_and_never_a_new_root() {
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    let out = run_bin(&full);
+    let out = serve_emulator(bus.address(), &state, &[]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ca.crt is not a certificate"));
 }
@@ -367,15 +358,7 @@ async fn start_up_refusals_have_clear_messages_and_non_zero_exits() {
     ));
 
     // An unreachable bus.
-    let out = run_bin(&[
-        "serve",
-        "--address",
-        "unix:path=/nonexistent/bus",
-        "--transport",
-        "emulator",
-        "--state-dir",
-        s,
-    ]);
+    let out = serve_emulator("unix:path=/nonexistent/bus", &state, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("cannot connect to the D-Bus bus: unix:path=/nonexistent/bus"));
@@ -385,15 +368,7 @@ async fn start_up_refusals_have_clear_messages_and_non_zero_exits() {
     let conn = connect(&bus).await;
     let _first = Service::start(&bus, &conn, &["--transport", "emulator", "--state-dir", s]).await;
     let other = dir.path().join("other");
-    let out = run_bin(&[
-        "serve",
-        "--address",
-        bus.address(),
-        "--transport",
-        "emulator",
-        "--state-dir",
-        other.to_str().unwrap(),
-    ]);
+    let out = serve_emulator(bus.address(), &other, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(
         "the bus name xyz.openbmc_project.HMC.VMInterface is already owned by another process"
@@ -402,17 +377,7 @@ async fn start_up_refusals_have_clear_messages_and_non_zero_exits() {
     // A configuration file with an unknown key.
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[policy]\nkey_type = [\"p256\"]\n").unwrap();
-    let out = run_bin(&[
-        "serve",
-        "--address",
-        bus.address(),
-        "--transport",
-        "emulator",
-        "--state-dir",
-        other.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    let out = serve_emulator(bus.address(), &other, &["--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `key_type`"));
 }
@@ -686,4 +651,19 @@ async fn the_service_exits_when_its_bus_goes_away() {
         "{}",
         svc.log()
     );
+}
+
+/// Runs `serve` with the emulator transport to its exit: for start-up refusals.
+fn serve_emulator(address: &str, state: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "serve",
+        "--address",
+        address,
+        "--transport",
+        "emulator",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_bin(&args)
 }
