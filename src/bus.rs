@@ -2,6 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
     path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -121,6 +122,9 @@ impl PrivateBus {
 
     fn spawn(config: &Path, dir: TempDir) -> std::io::Result<Self> {
         let mut child = Command::new("dbus-daemon")
+            // Its own process group: a Ctrl-C for whoever started it must not stop the bus
+            // under them; they stop it when they are done.
+            .process_group(0)
             .arg(format!("--config-file={}", config.display()))
             .arg("--nofork")
             .arg("--print-address=1")

@@ -69,6 +69,9 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
+            // A process group of its own: a terminal's Ctrl-C goes to the demo's whole group,
+            // and the demo, not the signal, must decide how its children stop.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| failed(&format!("cannot start {name}"), e))?;
@@ -114,6 +117,22 @@ impl Process {
             }
         }
         let _ = self.child.kill().await;
+    }
+}
+
+impl Drop for Process {
+    /// An interrupted demo drops its children without [`Process::stop`]: kill them and wait
+    /// (briefly) for their exit, so that no zombie outlives the demo.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.start_kill();
+            for _ in 0..200 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 
