@@ -27,6 +27,10 @@ impl KeyType {
         matches!(self, KeyType::P256 | KeyType::P384)
     }
 
+    pub fn is_rsa(self) -> bool {
+        !self.is_ec()
+    }
+
     /// The spelling used in the configuration file.
     pub fn config_name(self) -> &'static str {
         match self {
@@ -228,6 +232,40 @@ impl FileConfig {
     }
 }
 
+/// The pipeline limits given on the command line; `None` keeps the file's value or the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitFlags {
+    pub sign_timeout: Option<Duration>,
+    pub request_lifetime: Option<Duration>,
+    pub result_ttl: Option<Duration>,
+    pub max_in_flight: Option<usize>,
+    pub clock_skew: Option<Duration>,
+}
+
+impl Settings {
+    /// Defaults, then the file, then the flags. The result TTL follows the request lifetime
+    /// unless the file or a flag sets it.
+    pub fn resolve(file: Option<&FileConfig>, flags: &LimitFlags) -> Result<Settings, String> {
+        let mut settings = Settings::new();
+        if let Some(file) = file {
+            file.apply(&mut settings)?;
+        }
+        let l = &mut settings.limits;
+        let set = |slot: &mut Duration, v: Option<Duration>| *slot = v.unwrap_or(*slot);
+        set(&mut l.sign_timeout, flags.sign_timeout);
+        set(&mut l.request_lifetime, flags.request_lifetime);
+        set(&mut l.result_ttl, flags.result_ttl);
+        set(&mut l.clock_skew, flags.clock_skew);
+        l.max_in_flight = flags.max_in_flight.unwrap_or(l.max_in_flight);
+        let ttl_given =
+            flags.result_ttl.is_some() || file.is_some_and(|f| f.service.result_ttl.is_some());
+        if !ttl_given {
+            l.result_ttl = l.request_lifetime;
+        }
+        Ok(settings)
+    }
+}
+
 /// Seconds as given on the command line or in the file (fractions allowed).
 pub fn seconds(v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|_| format!("{v} is not a number of seconds"))
@@ -300,5 +338,61 @@ mod tests {
         assert_eq!(parse_seconds("0.25").unwrap(), Duration::from_millis(250));
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("abc").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_ttl_follows_the_lifetime() {
+        let secs = Duration::from_secs;
+        let file =
+            FileConfig::parse("[service]\nrequest_lifetime = 60\nmax_in_flight = 8\n").unwrap();
+        let s = Settings::resolve(Some(&file), &LimitFlags::default()).unwrap();
+        assert_eq!(
+            (
+                s.limits.request_lifetime,
+                s.limits.result_ttl,
+                s.limits.max_in_flight
+            ),
+            (secs(60), secs(60), 8)
+        );
+
+        let flags = LimitFlags {
+            request_lifetime: Some(secs(120)),
+            max_in_flight: Some(2),
+            ..LimitFlags::default()
+        };
+        let s = Settings::resolve(Some(&file), &flags).unwrap();
+        assert_eq!(
+            (
+                s.limits.request_lifetime,
+                s.limits.result_ttl,
+                s.limits.max_in_flight
+            ),
+            (secs(120), secs(120), 2)
+        );
+
+        let file = FileConfig::parse("[service]\nresult_ttl = 5\n").unwrap();
+        let s = Settings::resolve(Some(&file), &flags).unwrap();
+        assert_eq!(
+            (s.limits.request_lifetime, s.limits.result_ttl),
+            (secs(120), secs(5))
+        );
+
+        let flags = LimitFlags {
+            result_ttl: Some(secs(7)),
+            sign_timeout: Some(Duration::from_millis(500)),
+            clock_skew: Some(secs(1)),
+            ..LimitFlags::default()
+        };
+        let s = Settings::resolve(Some(&file), &flags).unwrap();
+        assert_eq!(
+            (
+                s.limits.result_ttl,
+                s.limits.sign_timeout,
+                s.limits.clock_skew
+            ),
+            (secs(7), Duration::from_millis(500), secs(1))
+        );
+        let s = Settings::resolve(None, &LimitFlags::default()).unwrap();
+        assert_eq!(s, Settings::new());
     }
 }

@@ -187,8 +187,30 @@ struct DemoArgs {
     transport: TransportKind,
 }
 
-/// Sets up logging; true when it goes to the journal.
-fn init_logging(verbose: u8, default: &str) -> bool {
+/// Whether stderr is the journal stream systemd gave this process. JOURNAL_STREAM names that
+/// stream's device and inode; a child whose stderr was redirected inherits the variable, so it
+/// must be compared with what stderr is now (as sd_journal_stream_fd's documentation advises).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::os::fd::AsFd::as_fd(&std::io::stderr())
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+    else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+/// Sets up logging; true when it goes to the journal. Only the daemons (`to_journal_allowed`)
+/// log there: the other subcommands talk to the person who started them.
+fn init_logging(verbose: u8, default: &str, to_journal_allowed: bool) -> bool {
     let level = match verbose {
         0 => default.to_string(),
         1 => "debug,zbus=info".into(),
@@ -197,7 +219,7 @@ fn init_logging(verbose: u8, default: &str) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // systemd connects stderr to the journal and says so in JOURNAL_STREAM: log natively
     // there, with structured fields.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if to_journal_allowed && stderr_is_journal() {
         if let Ok(journald) = tracing_journald::layer() {
             tracing_subscriber::registry()
                 .with(filter)
@@ -215,32 +237,20 @@ fn init_logging(verbose: u8, default: &str) -> bool {
 }
 
 fn serve_options(a: ServeArgs) -> Result<daemon::ServeOptions, StartError> {
-    let mut settings = config::Settings::new();
-    if let Some(path) = &a.config {
-        config::FileConfig::load(path)
-            .and_then(|c| c.apply(&mut settings))
-            .map_err(StartError::Usage)?;
-    }
-    let l = &mut settings.limits;
-    let ttl_follows_lifetime = l.result_ttl == l.request_lifetime;
-    if let Some(v) = a.sign_timeout {
-        l.sign_timeout = v;
-    }
-    if let Some(v) = a.request_lifetime {
-        l.request_lifetime = v;
-        if ttl_follows_lifetime {
-            l.result_ttl = v;
-        }
-    }
-    if let Some(v) = a.result_ttl {
-        l.result_ttl = v;
-    }
-    if let Some(v) = a.max_in_flight {
-        l.max_in_flight = v;
-    }
-    if let Some(v) = a.clock_skew {
-        l.clock_skew = v;
-    }
+    let file = a
+        .config
+        .as_deref()
+        .map(config::FileConfig::load)
+        .transpose()
+        .map_err(StartError::Usage)?;
+    let flags = config::LimitFlags {
+        sign_timeout: a.sign_timeout,
+        request_lifetime: a.request_lifetime,
+        result_ttl: a.result_ttl,
+        max_in_flight: a.max_in_flight,
+        clock_skew: a.clock_skew,
+    };
+    let settings = config::Settings::resolve(file.as_ref(), &flags).map_err(StartError::Usage)?;
     Ok(daemon::ServeOptions {
         bus: a.bus.bus()?,
         transport: a.transport,
@@ -333,11 +343,9 @@ async fn run(command: Command) -> Result<(), StartError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Serve(_) | Command::SimulateHost(_) => "info,zbus=warn",
-        _ => "warn",
-    };
-    let to_journal = init_logging(cli.verbose, default_level);
+    let daemon = matches!(cli.command, Command::Serve(_) | Command::SimulateHost(_));
+    let default_level = if daemon { "info,zbus=warn" } else { "warn" };
+    let to_journal = init_logging(cli.verbose, default_level, daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
