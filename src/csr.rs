@@ -179,6 +179,12 @@ pub fn intake(input: &str, max_bytes: usize) -> Result<Vec<u8>, Error> {
     if body.is_empty() {
         return Err(malformed("the CSR body is empty"));
     }
+    // OpenSSL's decoder reads a '=' inside the body as zero bits: two texts would give one
+    // request. Padding belongs at the end only.
+    let padding = body.len() - body.trim_end_matches('=').len();
+    if !body.len().is_multiple_of(4) || padding > 2 || body[..body.len() - padding].contains('=') {
+        return Err(malformed("the CSR body is not valid base64"));
+    }
     openssl::base64::decode_block(&body).map_err(|_| malformed("the CSR body is not valid base64"))
 }
 
@@ -207,16 +213,9 @@ pub fn validate(input: &str, policy: &Policy) -> Result<ValidCsr, Error> {
             "EC keys with explicit curve parameters are not accepted; use a named curve".into(),
         ));
     }
-    if [
-        der::oids::MD5_WITH_RSA,
-        der::oids::SHA1_WITH_RSA,
-        der::oids::ECDSA_WITH_SHA1,
-    ]
-    .contains(&parts.signature_algorithm)
-    {
-        return Err(Error::PolicyViolation(
-            "the CSR is signed with MD5 or SHA-1; use SHA-256 or stronger".into(),
-        ));
+    check_signature_algorithm(&parts)?;
+    if key_type.is_rsa() {
+        check_rsa_key(&public_key)?;
     }
     if !req.verify(&public_key).unwrap_or(false) {
         return Err(Error::PolicyViolation(
@@ -224,6 +223,7 @@ pub fn validate(input: &str, policy: &Policy) -> Result<ValidCsr, Error> {
         ));
     }
     check_subject(req.subject_name())?;
+    check_subject_encoding(parts.subject)?;
     let mut san = None;
     for (n, ext) in parts.extensions.iter().enumerate() {
         if parts.extensions[..n].iter().any(|e| e.oid == ext.oid) {
@@ -245,15 +245,19 @@ pub fn validate(input: &str, policy: &Policy) -> Result<ValidCsr, Error> {
                 }
             }
             der::oids::SUBJECT_ALT_NAME => {
-                let n = der::sequence_len(ext.value).map_err(|_| bad())?;
-                if n == 0 {
+                let names = der::sequence_items(ext.value).map_err(|_| bad())?;
+                if names.is_empty() {
                     return Err(malformed("the CSR's subjectAltName extension is empty"));
                 }
-                if n > policy.max_sans {
+                if names.len() > policy.max_sans {
                     return Err(Error::PolicyViolation(format!(
-                        "the CSR asks for {n} subject alternative names; the limit is {}",
+                        "the CSR asks for {} subject alternative names; the limit is {}",
+                        names.len(),
                         policy.max_sans
                     )));
+                }
+                for name in &names {
+                    check_general_name(name)?;
                 }
                 san = Some((ext.critical, ext.value.to_vec()));
             }
@@ -279,6 +283,129 @@ pub fn validate(input: &str, policy: &Policy) -> Result<ValidCsr, Error> {
         public_key,
         san,
     })
+}
+
+/// Only SHA-2 signatures are accepted: an allow list, because MD5 and SHA-1 have more OIDs
+/// (OIW's, RSASSA-PSS with default parameters) than any deny list would name.
+fn check_signature_algorithm(parts: &der::CsrParts<'_>) -> Result<(), Error> {
+    use der::oids::*;
+    let refused = || {
+        Error::PolicyViolation(
+            "the CSR's signature algorithm is not accepted; sign it with SHA-256, SHA-384 or \
+             SHA-512 (RSA PKCS#1 v1.5, RSASSA-PSS or ECDSA)"
+                .into(),
+        )
+    };
+    let alg = parts.signature_algorithm;
+    if [
+        SHA256_WITH_RSA,
+        SHA384_WITH_RSA,
+        SHA512_WITH_RSA,
+        ECDSA_WITH_SHA256,
+        ECDSA_WITH_SHA384,
+        ECDSA_WITH_SHA512,
+    ]
+    .contains(&alg)
+    {
+        return Ok(());
+    }
+    if alg != RSASSA_PSS {
+        return Err(refused());
+    }
+    let params = parts.signature_parameters.ok_or_else(refused)?;
+    let digests = der::pss_digests(params).map_err(|_| refused())?;
+    let sha2 = |d: Option<&[u8]>| d.is_some_and(|d| [SHA256, SHA384, SHA512].contains(&d));
+    if sha2(digests.message) && sha2(digests.mgf1) {
+        Ok(())
+    } else {
+        Err(refused())
+    }
+}
+
+/// An RSA key whose exponent is 1 (or even) proves nothing: with e = 1 anyone can compute a
+/// "signature" without a private key. Same bounds as the CA/Browser Forum's: odd e from
+/// 65537 to 2^256 - 1, and an odd modulus.
+fn check_rsa_key(key: &PKey<Public>) -> Result<(), Error> {
+    let rsa = key
+        .rsa()
+        .map_err(|_| malformed("the CSR's RSA key cannot be read"))?;
+    let (n, e) = (rsa.n(), rsa.e());
+    let e_ok = e.is_bit_set(0) && e.num_bits() <= 256 && e.num_bits() >= 17;
+    if !e_ok || !n.is_bit_set(0) {
+        return Err(Error::PolicyViolation(
+            "the CSR's RSA key is not acceptable (the public exponent must be odd and at least \
+             65537, the modulus odd)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// One GeneralName of the requested subjectAltName. The CA copies the extension as it is,
+/// so it must hold only well-formed names of the kinds a client certificate uses.
+fn check_general_name(name: &der::Tlv<'_>) -> Result<(), Error> {
+    let bad = |what: &str| {
+        Err(Error::PolicyViolation(format!(
+            "the CSR's subjectAltName holds {what}"
+        )))
+    };
+    let visible = |c: &[u8]| !c.is_empty() && c.iter().all(|b| (0x21..=0x7e).contains(b));
+    match name.tag {
+        // dNSName: letters, digits, hyphens, dots, and a wildcard label.
+        0x82 => {
+            let ok = !name.content.is_empty()
+                && name
+                    .content
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(b));
+            if ok {
+                Ok(())
+            } else {
+                bad("a malformed DNS name")
+            }
+        }
+        0x81 if visible(name.content)
+            && name.content.iter().filter(|b| **b == b'@').count() == 1 =>
+        {
+            Ok(())
+        }
+        0x81 => bad("a malformed email address"),
+        0x86 if visible(name.content) => Ok(()),
+        0x86 => bad("a malformed URI"),
+        0x87 if [4, 16].contains(&name.content.len()) => Ok(()),
+        0x87 => bad("an IP address that is neither 4 nor 16 bytes long"),
+        _ => bad("a name type other than DNS, IP address, email or URI"),
+    }
+}
+
+/// The string types of subject values, checked against their character sets: OpenSSL copies
+/// them into the certificate as they are, whatever bytes they hold.
+fn check_subject_encoding(subject: &[u8]) -> Result<(), Error> {
+    let values =
+        der::name_values(subject).map_err(|_| malformed("the CSR's subject cannot be parsed"))?;
+    for value in values {
+        let content = value.content;
+        let ok = match value.tag {
+            // PrintableString
+            0x13 => content
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b" '()+,-./:=?".contains(b)),
+            // IA5String, VisibleString
+            0x16 | 0x1a => content.iter().all(|b| (0x20..=0x7e).contains(b)),
+            // NumericString
+            0x12 => content.iter().all(|b| b.is_ascii_digit() || *b == b' '),
+            // UTF8String; BMPString, UniversalString and T61String are converted by OpenSSL.
+            0x0c => std::str::from_utf8(content).is_ok(),
+            0x1e | 0x1c | 0x14 => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(Error::PolicyViolation(
+                "a subject attribute holds characters its string type does not allow".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Maps the key to an allowed [`KeyType`], or says which algorithm was refused.
@@ -364,6 +491,13 @@ fn check_subject(name: &X509NameRef) -> Result<(), Error> {
                 "a subject attribute holds a NUL character".into(),
             ));
         }
+        // Line breaks and escape sequences have no place in a name, and would reach every log
+        // and user interface that shows the certificate.
+        if value.chars().any(char::is_control) {
+            return Err(Error::PolicyViolation(
+                "a subject attribute holds a control character".into(),
+            ));
+        }
         let chars = value.chars().count();
         let (label, max) = upper_bound(nid).unwrap_or(("attribute", 256));
         if chars == 0 {
@@ -380,13 +514,18 @@ fn check_subject(name: &X509NameRef) -> Result<(), Error> {
     Ok(())
 }
 
-/// `CN=...,O=...` with each value escaped for a log line.
+/// `CN=...,O=...` for logs and terminals: each value escaped, and a `,` or `+` inside a value
+/// written `\,` / `\+` (as RFC 4514 does) so that a value cannot pass for another attribute.
 pub fn subject_for_log(name: &X509NameRef) -> String {
     name.entries()
         .map(|e| {
             let key = e.object().nid().short_name().unwrap_or("?");
             let value = e.data().to_string().unwrap_or_else(|_| "<not text>".into());
-            format!("{key}={}", crate::error::Escaped(&value))
+            let value = crate::error::Escaped(&value)
+                .to_string()
+                .replace(',', "\\,")
+                .replace('+', "\\+");
+            format!("{key}={value}")
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -396,6 +535,7 @@ pub fn subject_for_log(name: &X509NameRef) -> String {
 pub(crate) mod tests {
     use super::*;
     use openssl::{
+        bn::BigNum,
         ec::{EcGroup, EcKey},
         pkey::Private,
         rsa::Rsa,
@@ -626,23 +766,52 @@ pub(crate) mod tests {
     /// A CSR assembled by hand from `version`, `subject` and `attributes` (the content of
     /// `[0]`), signed by `key` with ECDSA-SHA256: for encodings no builder will produce.
     fn assembled(key: &PKey<Private>, version: &[u8], subject: &[u8], attributes: &[u8]) -> String {
-        let spki = key.public_key_to_der().unwrap();
-        let info = tlv(
-            0x30,
-            &[version, subject, &spki, &tlv(0xa0, attributes)].concat(),
+        let info = request_info(
+            &key.public_key_to_der().unwrap(),
+            version,
+            subject,
+            attributes,
         );
         let mut signer = openssl::sign::Signer::new(MessageDigest::sha256(), key).unwrap();
         signer.update(&info).unwrap();
-        let signature = [&[0u8][..], &signer.sign_to_vec().unwrap()].concat();
-        let ecdsa_sha256 = tlv(
+        let ecdsa_sha256 = tlv(0x30, &tlv(0x06, der::oids::ECDSA_WITH_SHA256));
+        signed_pem(&info, &ecdsa_sha256, &signer.sign_to_vec().unwrap())
+    }
+
+    fn request_info(spki: &[u8], version: &[u8], subject: &[u8], attributes: &[u8]) -> Vec<u8> {
+        tlv(
             0x30,
-            &tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
-        );
-        let der = tlv(0x30, &[info, ecdsa_sha256, tlv(0x03, &signature)].concat());
+            &[version, subject, spki, &tlv(0xa0, attributes)].concat(),
+        )
+    }
+
+    fn signed_pem(info: &[u8], algorithm: &[u8], signature: &[u8]) -> String {
+        let bits = [&[0u8][..], signature].concat();
+        let der = tlv(0x30, &[info, algorithm, &tlv(0x03, &bits)].concat());
         format!(
             "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
             openssl::base64::encode_block(&der)
         )
+    }
+
+    /// An RSA-2048 CSR for `/CN=x` whose signature algorithm field says `algorithm` and whose
+    /// signature is made with `md` (PKCS#1 v1.5).
+    fn rsa_signed_as(key: &PKey<Private>, md: MessageDigest, algorithm: &[u8]) -> String {
+        let info = request_info(&key.public_key_to_der().unwrap(), &[2, 1, 0], &cn_x(), &[]);
+        let mut signer = openssl::sign::Signer::new(md, key).unwrap();
+        signer.update(&info).unwrap();
+        signed_pem(&info, algorithm, &signer.sign_to_vec().unwrap())
+    }
+
+    fn algorithm(oid: &[u8], parameters: &[u8]) -> Vec<u8> {
+        tlv(0x30, &[&tlv(0x06, oid)[..], parameters].concat())
+    }
+
+    /// A CSR carrying one requested extension.
+    fn with_extension(oid: &[u8], value: &[u8]) -> String {
+        let key = ec(Nid::X9_62_PRIME256V1);
+        let attrs = extension_request(der::oids::EXTENSION_REQUEST, &[extension(oid, value)]);
+        assembled(&key, &[0x02, 0x01, 0x00], &cn_x(), &attrs)
     }
 
     fn cn_x() -> Vec<u8> {
@@ -757,5 +926,331 @@ pub(crate) mod tests {
         .unwrap_err();
         assert_eq!(e, Error::CaCapabilityRequested("basicConstraints CA:TRUE"));
         assert_eq!(e.dbus_name(), "NotAllowed");
+    }
+
+    #[test]
+    fn rsa_keys_that_prove_nothing_are_refused() {
+        let refused = Error::PolicyViolation(
+            "the CSR's RSA key is not acceptable (the public exponent must be odd and at least \
+             65537, the modulus odd)"
+                .into(),
+        );
+        // e = 1: the "signature" is the padded digest itself, made without any private key.
+        let real = rsa(2048);
+        let n = real.rsa().unwrap().n().to_owned().unwrap();
+        let e_one =
+            openssl::rsa::Rsa::from_public_components(n, BigNum::from_u32(1).unwrap()).unwrap();
+        let spki = PKey::from_rsa(e_one).unwrap().public_key_to_der().unwrap();
+        let info = request_info(&spki, &[2, 1, 0], &cn_x(), &[]);
+        let digest_info = [
+            &[
+                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x01, 0x05, 0x00, 0x04, 0x20,
+            ][..],
+            &openssl::sha::sha256(&info),
+        ]
+        .concat();
+        let mut em = vec![0x00, 0x01];
+        em.resize(256 - digest_info.len() - 1, 0xff);
+        em.push(0x00);
+        em.extend(&digest_info);
+        let sha256_rsa = algorithm(der::oids::SHA256_WITH_RSA, &[0x05, 0x00]);
+        let forged = signed_pem(&info, &sha256_rsa, &em);
+        assert_eq!(validate(&forged, &Policy::default()).unwrap_err(), refused);
+
+        // e = 3, a real key pair: still refused.
+        let small_e =
+            openssl::rsa::Rsa::generate_with_e(2048, &BigNum::from_u32(3).unwrap()).unwrap();
+        let csr = csr_with(&PKey::from_rsa(small_e).unwrap(), "x", false);
+        assert_eq!(validate(&csr, &Policy::default()).unwrap_err(), refused);
+        assert_eq!(
+            name_of(validate(&csr_with(&real, "x", false), &Policy::default())),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn only_sha2_signatures_are_accepted() {
+        let refused = Error::PolicyViolation(
+            "the CSR's signature algorithm is not accepted; sign it with SHA-256, SHA-384 or \
+             SHA-512 (RSA PKCS#1 v1.5, RSASSA-PSS or ECDSA)"
+                .into(),
+        );
+        let key = rsa(2048);
+        let rsa_oid = |last: u8| [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, last];
+        let null = [0x05, 0x00];
+        let cases = [
+            // md5WithRSAEncryption, sha1WithRSAEncryption, sha224WithRSAEncryption
+            (MessageDigest::md5(), algorithm(&rsa_oid(4), &null)),
+            (MessageDigest::sha1(), algorithm(&rsa_oid(5), &null)),
+            (MessageDigest::sha224(), algorithm(&rsa_oid(14), &null)),
+            // OIW's sha1WithRSA (1.3.14.3.2.29) and md5WithRSA (1.3.14.3.2.3)
+            (
+                MessageDigest::sha1(),
+                algorithm(&[0x2b, 0x0e, 0x03, 0x02, 0x1d], &null),
+            ),
+            (
+                MessageDigest::md5(),
+                algorithm(&[0x2b, 0x0e, 0x03, 0x02, 0x03], &null),
+            ),
+            // RSASSA-PSS with its DEFAULT parameters: SHA-1.
+            (
+                MessageDigest::sha1(),
+                algorithm(der::oids::RSASSA_PSS, &[0x30, 0x00]),
+            ),
+        ];
+        for (md, alg) in cases {
+            let csr = rsa_signed_as(&key, md, &alg);
+            assert_eq!(
+                validate(&csr, &Policy::default()).unwrap_err(),
+                refused,
+                "{alg:02x?}"
+            );
+        }
+        let sha256_rsa = algorithm(der::oids::SHA256_WITH_RSA, &null);
+        let csr = rsa_signed_as(&key, MessageDigest::sha256(), &sha256_rsa);
+        assert_eq!(name_of(validate(&csr, &Policy::default())), "ok");
+        let sha512_rsa = algorithm(der::oids::SHA512_WITH_RSA, &null);
+        let csr = rsa_signed_as(&key, MessageDigest::sha512(), &sha512_rsa);
+        assert_eq!(name_of(validate(&csr, &Policy::default())), "ok");
+    }
+
+    #[test]
+    fn pss_parameters_must_name_sha2_for_the_digest_and_mgf1() {
+        let hash = |oid: &[u8]| tlv(0x30, &[tlv(0x06, oid), vec![0x05, 0x00]].concat());
+        let mgf1 = |oid: &[u8]| tlv(0x30, &[tlv(0x06, der::oids::MGF1), hash(oid)].concat());
+        let sha1 = [0x2b, 0x0e, 0x03, 0x02, 0x1a];
+        let params = |digest: Option<&[u8]>, mgf: Option<&[u8]>| {
+            let mut content = Vec::new();
+            if let Some(d) = digest {
+                content.extend(tlv(0xa0, &hash(d)));
+            }
+            if let Some(m) = mgf {
+                content.extend(tlv(0xa1, &mgf1(m)));
+            }
+            content.extend(tlv(0xa2, &[0x02, 0x01, 0x20]));
+            let content = tlv(0x30, &content);
+            der::pss_digests(der::Reader::new(&content).next().unwrap())
+                .map(|d| (d.message.map(<[u8]>::to_vec), d.mgf1.map(<[u8]>::to_vec)))
+        };
+        let sha256 = der::oids::SHA256.to_vec();
+        assert_eq!(
+            params(Some(&sha256), Some(&sha256)),
+            Ok((Some(sha256.clone()), Some(sha256.clone())))
+        );
+        assert_eq!(
+            params(Some(&sha256), None),
+            Ok((Some(sha256.clone()), None))
+        );
+        assert_eq!(params(Some(&sha1), Some(&sha256)).unwrap().0.unwrap(), sha1);
+    }
+
+    #[test]
+    fn subject_alt_names_are_checked_name_by_name() {
+        let san = der::oids::SUBJECT_ALT_NAME;
+        let refused =
+            |what: &str| Error::PolicyViolation(format!("the CSR's subjectAltName holds {what}"));
+        let seq = |names: &[Vec<u8>]| tlv(0x30, &names.concat());
+        let cases = [
+            (
+                seq(&[tlv(0x89, b"abc")]),
+                Err(refused(
+                    "a name type other than DNS, IP address, email or URI",
+                )),
+            ),
+            (
+                seq(&[tlv(0xa0, &[0x02, 0x01, 0x02])]),
+                Err(refused(
+                    "a name type other than DNS, IP address, email or URI",
+                )),
+            ),
+            (
+                seq(&[tlv(0xa2, &tlv(0x16, b"a"))]),
+                Err(refused(
+                    "a name type other than DNS, IP address, email or URI",
+                )),
+            ),
+            (
+                seq(&[tlv(0x82, b"evil.com\0.good.com")]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x82, &[0xff, 0xfe])]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (seq(&[tlv(0x82, b"")]), Err(refused("a malformed DNS name"))),
+            (
+                seq(&[tlv(0x87, &[192, 0, 2])]),
+                Err(refused("an IP address that is neither 4 nor 16 bytes long")),
+            ),
+            (
+                seq(&[tlv(0x81, b"no-at-sign")]),
+                Err(refused("a malformed email address")),
+            ),
+            (
+                seq(&[tlv(0x86, b"https://a b")]),
+                Err(refused("a malformed URI")),
+            ),
+            (
+                [seq(&[tlv(0x82, b"a.example")]), vec![0x05, 0x00]].concat(),
+                Err(malformed(
+                    "the CSR requests an extension that cannot be parsed",
+                )),
+            ),
+            (
+                seq(&[
+                    tlv(0x82, b"hmc01.example.com"),
+                    tlv(0x82, b"*.example.com"),
+                    tlv(0x87, &[192, 0, 2, 7]),
+                    tlv(
+                        0x87,
+                        &[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                    ),
+                    tlv(0x81, b"admin@example.com"),
+                    tlv(0x86, b"https://hmc01.example.com/"),
+                ]),
+                Ok(()),
+            ),
+        ];
+        for (value, expected) in cases {
+            let got = validate(&with_extension(san, &value), &Policy::default()).map(|_| ());
+            assert_eq!(got, expected, "{value:02x?}");
+        }
+    }
+
+    #[test]
+    fn the_san_limit_counts_names() {
+        let names = |n: usize| {
+            let one = tlv(0x82, b"a.example");
+            tlv(0x30, &one.repeat(n))
+        };
+        let san = der::oids::SUBJECT_ALT_NAME;
+        assert_eq!(
+            name_of(validate(
+                &with_extension(san, &names(32)),
+                &Policy::default()
+            )),
+            "ok"
+        );
+        assert_eq!(
+            validate(&with_extension(san, &names(33)), &Policy::default()).unwrap_err(),
+            Error::PolicyViolation(
+                "the CSR asks for 33 subject alternative names; the limit is 32".into()
+            )
+        );
+        let two = Policy {
+            max_sans: 2,
+            ..Policy::default()
+        };
+        assert_eq!(
+            name_of(validate(&with_extension(san, &names(3)), &two)),
+            "InvalidArgument"
+        );
+    }
+
+    #[test]
+    fn key_cert_sign_and_crl_sign_are_not_allowed() {
+        let ku = der::oids::KEY_USAGE;
+        // BIT STRING: keyCertSign (bit 5), cRLSign (bit 6), digitalSignature (bit 0).
+        assert_eq!(
+            validate(
+                &with_extension(ku, &[0x03, 0x02, 0x02, 0x04]),
+                &Policy::default()
+            )
+            .unwrap_err(),
+            Error::CaCapabilityRequested("keyUsage keyCertSign")
+        );
+        assert_eq!(
+            validate(
+                &with_extension(ku, &[0x03, 0x02, 0x01, 0x02]),
+                &Policy::default()
+            )
+            .unwrap_err(),
+            Error::CaCapabilityRequested("keyUsage cRLSign")
+        );
+        assert_eq!(
+            name_of(validate(
+                &with_extension(ku, &[0x03, 0x02, 0x07, 0x80]),
+                &Policy::default()
+            )),
+            "ok"
+        );
+        // Non-critical CA:TRUE is still a request for CA capability.
+        assert_eq!(
+            validate(
+                &with_extension(
+                    der::oids::BASIC_CONSTRAINTS,
+                    &[0x30, 0x03, 0x01, 0x01, 0xff]
+                ),
+                &Policy::default()
+            )
+            .unwrap_err()
+            .dbus_name(),
+            "NotAllowed"
+        );
+    }
+
+    #[test]
+    fn subject_strings_must_fit_their_type() {
+        let key = ec(Nid::X9_62_PRIME256V1);
+        let cn = |tag: u8, value: &[u8]| {
+            let atv = tlv(
+                0x30,
+                &[tlv(0x06, &[0x55, 0x04, 0x03]), tlv(tag, value)].concat(),
+            );
+            tlv(0x30, &tlv(0x31, &atv))
+        };
+        let refused = Error::PolicyViolation(
+            "a subject attribute holds characters its string type does not allow".into(),
+        );
+        for (tag, value) in [
+            (0x16, &[b'a', 0xff, 0xfe][..]),
+            (0x13, b"a@b"),
+            (0x13, b"a*b"),
+            (0x12, b"12a"),
+        ] {
+            let csr = assembled(&key, &[0x02, 0x01, 0x00], &cn(tag, value), &[]);
+            assert_eq!(
+                validate(&csr, &Policy::default()).unwrap_err(),
+                refused,
+                "{tag:02x} {value:02x?}"
+            );
+        }
+        for (tag, value) in [
+            (0x13, &b"HMC 01 (lab)"[..]),
+            (0x16, b"hmc@lab"),
+            (0x0c, "Zürich".as_bytes()),
+        ] {
+            let csr = assembled(&key, &[0x02, 0x01, 0x00], &cn(tag, value), &[]);
+            assert_eq!(
+                name_of(validate(&csr, &Policy::default())),
+                "ok",
+                "{tag:02x}"
+            );
+        }
+        let csr = assembled(&key, &[0x02, 0x01, 0x00], &cn(0x0c, b"a\x1b[31mb"), &[]);
+        assert_eq!(
+            validate(&csr, &Policy::default()).unwrap_err(),
+            Error::PolicyViolation("a subject attribute holds a control character".into())
+        );
+    }
+
+    #[test]
+    fn padding_belongs_at_the_end_of_the_base64() {
+        let pem = ec_csr();
+        let mut lines: Vec<String> = pem.lines().map(str::to_string).collect();
+        let body_line = &mut lines[1];
+        let at = body_line.find('A').expect("an A in the first body line");
+        body_line.replace_range(at..at + 1, "=");
+        let tampered = lines.join("\n");
+        assert_eq!(
+            intake(&tampered, 16384).unwrap_err(),
+            Error::MalformedCsr("the CSR body is not valid base64".into())
+        );
+        let short = pem.replacen(&lines[2][..4], &lines[2][..3], 1);
+        assert_eq!(
+            intake(&short, 16384).unwrap_err(),
+            Error::MalformedCsr("the CSR body is not valid base64".into())
+        );
     }
 }

@@ -101,9 +101,17 @@ pub mod oids {
     pub const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
     pub const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
     pub const ANY_EXTENDED_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25, 0x00];
-    pub const SHA1_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05];
-    pub const MD5_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04];
-    pub const ECDSA_WITH_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    pub const SHA256_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
+    pub const SHA384_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
+    pub const SHA512_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
+    pub const RSASSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
+    pub const MGF1: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08];
+    pub const ECDSA_WITH_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    pub const ECDSA_WITH_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+    pub const ECDSA_WITH_SHA512: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04];
+    pub const SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+    pub const SHA384: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+    pub const SHA512: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03];
 }
 
 /// Parses `Extensions ::= SEQUENCE OF Extension` (the content of the outer SEQUENCE).
@@ -132,10 +140,14 @@ pub fn extensions(seq_content: &[u8]) -> Result<Vec<Extension<'_>>> {
 pub struct CsrParts<'a> {
     /// Content of the version INTEGER.
     pub version: &'a [u8],
+    /// Content of the subject's `SEQUENCE OF RelativeDistinguishedName`.
+    pub subject: &'a [u8],
     /// Tag of the subjectPublicKeyInfo algorithm parameters (OID for a named EC curve).
     pub key_parameters_tag: Option<u8>,
     pub extensions: Vec<Extension<'a>>,
     pub signature_algorithm: &'a [u8],
+    /// What follows the signature algorithm's OID in its AlgorithmIdentifier.
+    pub signature_parameters: Option<Tlv<'a>>,
 }
 
 /// Walks `CertificationRequest` to its `extensionRequest` attribute.
@@ -143,13 +155,23 @@ pub fn csr_parts(der: &[u8]) -> Result<CsrParts<'_>> {
     let outer = Reader::new(der).expect(SEQUENCE)?;
     let mut top = Reader::new(outer.content);
     let info = top.expect(SEQUENCE)?;
-    let signature_algorithm = {
+    let (signature_algorithm, signature_parameters) = {
         let alg = top.expect(SEQUENCE)?;
-        Reader::new(alg.content).expect(OID)?.content
+        let mut parts = Reader::new(alg.content);
+        let oid = parts.expect(OID)?.content;
+        let parameters = if parts.is_empty() {
+            None
+        } else {
+            Some(parts.next()?)
+        };
+        if !parts.is_empty() {
+            return Err(DerError("trailing data in the signature algorithm"));
+        }
+        (oid, parameters)
     };
     let mut fields = Reader::new(info.content);
     let version = fields.expect(INTEGER)?.content;
-    fields.expect(SEQUENCE)?; // subject
+    let subject = fields.expect(SEQUENCE)?.content;
     let spki = fields.expect(SEQUENCE)?;
     let key_parameters_tag = {
         let algorithm = Reader::new(spki.content).expect(SEQUENCE)?;
@@ -177,9 +199,11 @@ pub fn csr_parts(der: &[u8]) -> Result<CsrParts<'_>> {
     }
     Ok(CsrParts {
         version,
+        subject,
         key_parameters_tag,
         extensions,
         signature_algorithm,
+        signature_parameters,
     })
 }
 
@@ -198,9 +222,94 @@ pub fn certificate_extensions(der: &[u8]) -> Result<Vec<Extension<'_>>> {
     Ok(Vec::new())
 }
 
+/// Exactly one element carrying `tag`, and nothing after it.
+pub fn only(value: &[u8], tag: u8) -> Result<Tlv<'_>> {
+    let mut reader = Reader::new(value);
+    let tlv = reader.expect(tag)?;
+    if !reader.is_empty() {
+        return Err(DerError("trailing data"));
+    }
+    Ok(tlv)
+}
+
+/// The elements of `SEQUENCE OF` (e.g. SAN GeneralNames), which must fill `value` exactly.
+pub fn sequence_items(value: &[u8]) -> Result<Vec<Tlv<'_>>> {
+    let seq = only(value, SEQUENCE)?;
+    let mut items = Reader::new(seq.content);
+    let mut out = Vec::new();
+    while !items.is_empty() {
+        out.push(items.next()?);
+    }
+    Ok(out)
+}
+
+/// The attribute values of a Name (the content of its SEQUENCE), without their types.
+pub fn name_values(subject: &[u8]) -> Result<Vec<Tlv<'_>>> {
+    let mut rdns = Reader::new(subject);
+    let mut out = Vec::new();
+    while !rdns.is_empty() {
+        let rdn = rdns.expect(SET)?;
+        let mut atvs = Reader::new(rdn.content);
+        while !atvs.is_empty() {
+            let atv = atvs.expect(SEQUENCE)?;
+            let mut parts = Reader::new(atv.content);
+            parts.expect(OID)?;
+            let value = parts.next()?;
+            if !parts.is_empty() {
+                return Err(DerError("trailing data in an attribute"));
+            }
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+/// The digests `RSASSA-PSS-params` name, by OID. An absent field is `None`: its DEFAULT is SHA-1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PssDigests<'a> {
+    pub message: Option<&'a [u8]>,
+    pub mgf1: Option<&'a [u8]>,
+}
+
+/// Reads `RSASSA-PSS-params`.
+pub fn pss_digests(params: Tlv<'_>) -> Result<PssDigests<'_>> {
+    if params.tag != SEQUENCE {
+        return Err(DerError("RSASSA-PSS parameters are not a SEQUENCE"));
+    }
+    fn algorithm_oid(tlv: Tlv<'_>) -> Result<&[u8]> {
+        let alg = only(tlv.content, SEQUENCE)?;
+        Ok(Reader::new(alg.content).expect(OID)?.content)
+    }
+    let mut fields = Reader::new(params.content);
+    let mut digests = PssDigests {
+        message: None,
+        mgf1: None,
+    };
+    while !fields.is_empty() {
+        let field = fields.next()?;
+        match field.tag {
+            0xa0 => digests.message = Some(algorithm_oid(field)?),
+            0xa1 => {
+                let mgf = only(field.content, SEQUENCE)?;
+                let mut parts = Reader::new(mgf.content);
+                if parts.expect(OID)?.content != oids::MGF1 {
+                    return Err(DerError(
+                        "RSASSA-PSS with a mask generation other than MGF1",
+                    ));
+                }
+                let hash = parts.expect(SEQUENCE)?;
+                digests.mgf1 = Some(Reader::new(hash.content).expect(OID)?.content);
+            }
+            0xa2 | 0xa3 => {}
+            _ => return Err(DerError("unexpected field in RSASSA-PSS parameters")),
+        }
+    }
+    Ok(digests)
+}
+
 /// `BasicConstraints ::= SEQUENCE { cA BOOLEAN DEFAULT FALSE, ... }`: the cA flag.
 pub fn basic_constraints_ca(value: &[u8]) -> Result<bool> {
-    let seq = Reader::new(value).expect(SEQUENCE)?;
+    let seq = only(value, SEQUENCE)?;
     let mut fields = Reader::new(seq.content);
     if fields.peek_tag() == Some(BOOLEAN) {
         return Ok(fields.next()?.content.first().is_some_and(|b| *b != 0));
@@ -210,7 +319,7 @@ pub fn basic_constraints_ca(value: &[u8]) -> Result<bool> {
 
 /// `KeyUsage ::= BIT STRING`: whether bit `n` (0 = digitalSignature) is set.
 pub fn key_usage_bit(value: &[u8], n: usize) -> Result<bool> {
-    let bits = Reader::new(value).expect(BIT_STRING)?;
+    let bits = only(value, BIT_STRING)?;
     let bytes = bits.content.get(1..).ok_or(DerError("empty bit string"))?;
     Ok(bytes.get(n / 8).is_some_and(|b| b & (0x80 >> (n % 8)) != 0))
 }
@@ -218,18 +327,6 @@ pub fn key_usage_bit(value: &[u8], n: usize) -> Result<bool> {
 /// keyUsage bits.
 pub const KU_KEY_CERT_SIGN: usize = 5;
 pub const KU_CRL_SIGN: usize = 6;
-
-/// `SEQUENCE OF` element count (SAN GeneralNames).
-pub fn sequence_len(value: &[u8]) -> Result<usize> {
-    let seq = Reader::new(value).expect(SEQUENCE)?;
-    let mut items = Reader::new(seq.content);
-    let mut n = 0;
-    while !items.is_empty() {
-        items.next()?;
-        n += 1;
-    }
-    Ok(n)
-}
 
 /// `ExtKeyUsageSyntax ::= SEQUENCE OF KeyPurposeId`: whether it contains `purpose`.
 pub fn eku_contains(value: &[u8], purpose: &[u8]) -> Result<bool> {

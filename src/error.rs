@@ -41,27 +41,32 @@ pub enum Error {
     /// The hypervisor answered with something that is not a usable client certificate.
     #[error("{0}")]
     UnusableAnswer(String),
-    /// A property Set on a certificate entry that the entry's state does not allow.
+    /// A change of a certificate entry (a property Set, a Delete) that the entry's state or
+    /// its owner does not allow.
     #[error("{0}")]
-    SetRefused(String),
+    EntryChangeRefused(String),
     /// A fault of the service itself.
     #[error("{0}")]
     Internal(String),
 }
 
 impl Error {
-    /// The D-Bus error name (without prefix) this error is raised as. This match is the only
-    /// place where internal errors meet D-Bus names.
+    /// The D-Bus error name (without prefix) this error is raised as.
     pub fn dbus_name(&self) -> &'static str {
+        self.wire_kind().name()
+    }
+
+    /// This match is the only place where internal errors meet D-Bus names.
+    fn wire_kind(&self) -> WireKind {
         match self {
             Error::MalformedCsr(_) | Error::PolicyViolation(_) | Error::HypervisorRejected => {
-                "InvalidArgument"
+                WireKind::InvalidArgument
             }
-            Error::CaCapabilityRequested(_) | Error::SetRefused(_) => "NotAllowed",
-            Error::HypervisorUnavailable(_) | Error::SigningInProgress => "Unavailable",
-            Error::InFlightLimit(_) => "TooManyResources",
-            Error::NoRootCertificate(_) => "NoCACertificate",
-            Error::UnusableAnswer(_) | Error::Internal(_) => "InternalFailure",
+            Error::CaCapabilityRequested(_) | Error::EntryChangeRefused(_) => WireKind::NotAllowed,
+            Error::HypervisorUnavailable(_) | Error::SigningInProgress => WireKind::Unavailable,
+            Error::InFlightLimit(_) => WireKind::TooManyResources,
+            Error::NoRootCertificate(_) => WireKind::NoCACertificate,
+            Error::UnusableAnswer(_) | Error::Internal(_) => WireKind::InternalFailure,
         }
     }
 
@@ -74,6 +79,30 @@ impl Error {
     /// A short, stable word for logs and metrics.
     pub fn outcome(&self) -> &'static str {
         self.dbus_name()
+    }
+}
+
+/// The error names the service raises, without [`ERROR_PREFIX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WireKind {
+    InvalidArgument,
+    NotAllowed,
+    Unavailable,
+    TooManyResources,
+    NoCACertificate,
+    InternalFailure,
+}
+
+impl WireKind {
+    fn name(self) -> &'static str {
+        match self {
+            WireKind::InvalidArgument => "InvalidArgument",
+            WireKind::NotAllowed => "NotAllowed",
+            WireKind::Unavailable => "Unavailable",
+            WireKind::TooManyResources => "TooManyResources",
+            WireKind::NoCACertificate => "NoCACertificate",
+            WireKind::InternalFailure => "InternalFailure",
+        }
     }
 }
 
@@ -94,13 +123,13 @@ pub enum WireError {
 impl From<Error> for WireError {
     fn from(err: Error) -> Self {
         let message = err.to_string();
-        match err.dbus_name() {
-            "InvalidArgument" => WireError::InvalidArgument(message),
-            "NotAllowed" => WireError::NotAllowed(message),
-            "Unavailable" => WireError::Unavailable(message),
-            "TooManyResources" => WireError::TooManyResources(message),
-            "NoCACertificate" => WireError::NoCACertificate(message),
-            _ => WireError::InternalFailure(message),
+        match err.wire_kind() {
+            WireKind::InvalidArgument => WireError::InvalidArgument(message),
+            WireKind::NotAllowed => WireError::NotAllowed(message),
+            WireKind::Unavailable => WireError::Unavailable(message),
+            WireKind::TooManyResources => WireError::TooManyResources(message),
+            WireKind::NoCACertificate => WireError::NoCACertificate(message),
+            WireKind::InternalFailure => WireError::InternalFailure(message),
         }
     }
 }
@@ -157,8 +186,10 @@ impl From<zbus::Error> for StartError {
     }
 }
 
-/// Renders attacker-controlled text (subject values, D-Bus senders) for a log line: printable
-/// characters stay, everything else is escaped, and the length is capped.
+/// Renders attacker-controlled text (subject values, D-Bus senders, bmcweb's messages) for a
+/// log line or a terminal: printable characters stay; control characters, invisible formatting
+/// (bidirectional overrides, line separators), quotes and backslashes are escaped; the length
+/// is capped.
 pub struct Escaped<'a>(pub &'a str);
 
 impl fmt::Display for Escaped<'_> {
@@ -168,13 +199,25 @@ impl fmt::Display for Escaped<'_> {
             if n == MAX_CHARS {
                 return f.write_str("...");
             }
-            if c.is_control() || c == '\\' || c == '"' {
-                write!(f, "{}", c.escape_default())?;
+            // escape_debug leaves exactly the printable characters alone (and escapes quotes,
+            // of which only the double one matters here).
+            if c != '\'' && c.escape_debug().len() > 1 {
+                write!(f, "{}", c.escape_debug())?;
             } else {
                 write!(f, "{c}")?;
             }
         }
         Ok(())
+    }
+}
+
+/// Puts already escaped text in double quotes for a log field, so that spaces and `=` in it
+/// cannot pass for the start of another field.
+pub struct Quoted<T>(pub T);
+
+impl<T: fmt::Display> fmt::Display for Quoted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", self.0)
     }
 }
 
@@ -189,7 +232,7 @@ mod tests {
             (Error::PolicyViolation("x".into()), "InvalidArgument"),
             (Error::HypervisorRejected, "InvalidArgument"),
             (Error::CaCapabilityRequested("keyCertSign"), "NotAllowed"),
-            (Error::SetRefused("x".into()), "NotAllowed"),
+            (Error::EntryChangeRefused("x".into()), "NotAllowed"),
             (Error::HypervisorUnavailable("x".into()), "Unavailable"),
             (Error::SigningInProgress, "Unavailable"),
             (Error::InFlightLimit(64), "TooManyResources"),
@@ -218,6 +261,14 @@ mod tests {
             "CN=a\\nb\\\"c\\\\d\\u{1b}[31m"
         );
         assert_eq!(Escaped("Zürich").to_string(), "Zürich");
+        assert_eq!(
+            Escaped("a\u{202e}b\u{2028}c'd e=f").to_string(),
+            "a\\u{202e}b\\u{2028}c'd e=f"
+        );
+        assert_eq!(
+            Quoted(Escaped("x outcome=ok\"")).to_string(),
+            "\"x outcome=ok\\\"\""
+        );
         let long = "x".repeat(300);
         assert_eq!(
             Escaped(&long).to_string(),

@@ -13,7 +13,7 @@ use crate::{
     chain::{self, Chain},
     config::Settings,
     csr::{self, ValidCsr},
-    error::{Error, Escaped},
+    error::{Error, Escaped, Quoted},
     transport::HypervisorTransport,
 };
 
@@ -209,7 +209,7 @@ fn log_request(
     result: &Outcome,
     elapsed: Duration,
 ) {
-    let caller = Escaped(caller).to_string();
+    let caller = Quoted(Escaped(caller));
     let csr::LogFacts {
         subject,
         key_type,
@@ -220,14 +220,14 @@ fn log_request(
     match result {
         Ok(chain) => tracing::info!(
             target: "vmi_cert_exchange::request",
-            caller = %caller, subject = %subject, key_type = %key_type,
+            caller = %caller, subject = %Quoted(subject), key_type = %key_type,
             fingerprint = %fingerprint, csr_bytes = size,
             outcome = %"ok", cert_fingerprint = %chain.leaf_fingerprint,
             duration_ms, "SignCSR ok"
         ),
         Err(e) => tracing::warn!(
             target: "vmi_cert_exchange::request",
-            caller = %caller, subject = %subject, key_type = %key_type,
+            caller = %caller, subject = %Quoted(subject), key_type = %key_type,
             fingerprint = %fingerprint, csr_bytes = size,
             outcome = %e.outcome(), reason = %e,
             duration_ms, "SignCSR failed"

@@ -355,6 +355,24 @@ async fn bad_input_table() {
         &["-addext", "basicConstraints=critical,CA:TRUE"],
     );
     let cert_sign = req(&key, "/CN=x", &["-addext", "keyUsage=keyCertSign"]);
+    let crl_sign = req(
+        &key,
+        "/CN=x",
+        &["-addext", "keyUsage=digitalSignature,cRLSign"],
+    );
+    let rsa_key = k("rsa2048");
+    let sha1 = req(&rsa_key, "/CN=x", &["-sha1"]);
+    let pss_sha1 = req(
+        &rsa_key,
+        "/CN=x",
+        &["-sha1", "-sigopt", "rsa_padding_mode:pss"],
+    );
+    let sans: Vec<String> = (0..33).map(|i| format!("DNS:h{i}.example")).collect();
+    let too_many_sans = req(
+        &key,
+        "/CN=x",
+        &["-addext", &format!("subjectAltName={}", sans.join(","))],
+    );
     let empty_subject = req(&key, "/", &[]);
     let long_cn = csr_for(&ec_key(), &"c".repeat(65));
 
@@ -374,6 +392,10 @@ async fn bad_input_table() {
         ("brainpoolP256r1", brainpool, "InvalidArgument", Some("EC brainpoolP256r1 keys are not accepted (allowed: RSA-2048, RSA-3072, RSA-4096, EC P-256, EC P-384)")),
         ("CA:TRUE", ca_true, "NotAllowed", Some("the CSR asks for CA capability (basicConstraints CA:TRUE); only client certificates are issued")),
         ("keyCertSign", cert_sign, "NotAllowed", Some("the CSR asks for CA capability (keyUsage keyCertSign); only client certificates are issued")),
+        ("cRLSign", crl_sign, "NotAllowed", Some("the CSR asks for CA capability (keyUsage cRLSign); only client certificates are issued")),
+        ("SHA-1 signature", sha1, "InvalidArgument", Some("the CSR's signature algorithm is not accepted; sign it with SHA-256, SHA-384 or SHA-512 (RSA PKCS#1 v1.5, RSASSA-PSS or ECDSA)")),
+        ("RSASSA-PSS with SHA-1", pss_sha1, "InvalidArgument", Some("the CSR's signature algorithm is not accepted; sign it with SHA-256, SHA-384 or SHA-512 (RSA PKCS#1 v1.5, RSASSA-PSS or ECDSA)")),
+        ("33 SANs", too_many_sans, "InvalidArgument", Some("the CSR asks for 33 subject alternative names; the limit is 32")),
         ("empty subject", empty_subject, "InvalidArgument", Some("the CSR subject is empty")),
         ("CN of 65 characters", long_cn, "InvalidArgument", Some("the subject CN is 65 characters long; the limit is 64")),
     ];
@@ -421,4 +443,18 @@ async fn bad_input_table() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the variants are one CSR");
     assert_eq!(svc.signer.counts().in_flight, 0);
+
+    // RSASSA-PSS with SHA-256, as `openssl req` makes it, is accepted.
+    let pss = req(
+        &rsa_key,
+        "/CN=pss",
+        &[
+            "-sha256",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:32",
+        ],
+    );
+    check_chain_with_openssl(d, &sign(&svc.client, &pss).await.unwrap(), &rsa_key);
 }

@@ -215,6 +215,7 @@ async fn the_pldm_path_signs_and_the_entry_comes_and_goes_in_order() {
     assert_eq!(rig.managed_objects().await, Vec::<String>::new());
 
     // busctl call, as a BMC developer debugs it.
+    let (busctl_key, busctl_csr) = rig.csr("busctl");
     let out = Command::new("busctl")
         .arg(format!("--address={}", rig.bus.address()))
         .args([
@@ -227,7 +228,7 @@ async fn the_pldm_path_signs_and_the_entry_comes_and_goes_in_order() {
             "SignCSR",
             "s",
         ])
-        .arg(rig.csr("busctl").1)
+        .arg(&busctl_csr)
         .output()
         .unwrap();
     assert!(
@@ -236,10 +237,27 @@ async fn the_pldm_path_signs_and_the_entry_comes_and_goes_in_order() {
         String::from_utf8_lossy(&out.stderr)
     );
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        vmi_cert_exchange::util::pem_blocks(reply["data"][0].as_str().unwrap()).len(),
-        2
+    assert_eq!(reply["type"], "s");
+    let (_, root) =
+        check_chain_with_openssl(rig.d(), reply["data"][0].as_str().unwrap(), &busctl_key);
+    assert_eq!(root, std::fs::read_to_string(&rig.root_file).unwrap());
+}
+
+/// `busctl tree` and `busctl introspect`, as a BMC developer watches a request wait for the
+/// host: the entry is there with its three interfaces while the host is silent, and gone after
+/// the request lifetime.
+fn busctl(rig: &Rig, args: &[&str]) -> String {
+    let out = Command::new("busctl")
+        .arg(format!("--address={}", rig.bus.address()))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "busctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -375,6 +393,74 @@ async fn a_silent_host_gives_unavailable_and_the_entry_goes_after_the_lifetime()
         vec![ENTRY1.to_string()],
         "still waiting for the host"
     );
+    let tree = busctl(&rig, &["tree", "--list", MANAGER_NAME]);
+    assert_eq!(
+        tree.lines()
+            .filter(|l| l.contains("/entry/"))
+            .collect::<Vec<_>>(),
+        [ENTRY1]
+    );
+    let introspected = busctl(&rig, &["introspect", MANAGER_NAME, ENTRY1]);
+    let members: Vec<Vec<&str>> = introspected
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>())
+        .filter(|w| {
+            w.first()
+                .is_some_and(|n| n.starts_with('.') || n.starts_with("xyz."))
+        })
+        .collect();
+    for expected in [
+        vec!["xyz.openbmc_project.Certs.Entry", "interface"],
+        vec![".ClientCertificate", "property"],
+        vec![".Status", "property"],
+        vec!["xyz.openbmc_project.Object.Delete", "interface"],
+        vec![".Delete", "method"],
+        vec![
+            "xyz.openbmc_project.PLDM.Provider.Certs.Authority.CSR",
+            "interface",
+        ],
+        vec![".CSR", "property"],
+    ] {
+        assert!(
+            members.contains(&expected),
+            "{expected:?} in\n{introspected}"
+        );
+    }
+    assert_eq!(
+        busctl(
+            &rig,
+            &[
+                "get-property",
+                MANAGER_NAME,
+                ENTRY1,
+                "xyz.openbmc_project.Certs.Entry",
+                "Status"
+            ]
+        ),
+        "s \"xyz.openbmc_project.Certs.Entry.State.Pending\"\n"
+    );
+    // The entry belongs to the waiting request: nobody can fail it from outside with Delete.
+    let e = rig
+        .conn
+        .call_method(
+            Some(MANAGER_NAME),
+            ENTRY1,
+            Some("xyz.openbmc_project.Object.Delete"),
+            "Delete",
+            &(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        method_error(&e),
+        (
+            common("NotAllowed"),
+            "this certificate entry belongs to a waiting SignCSR request; it is removed when the \
+             request ends"
+                .into()
+        )
+    );
+    assert_eq!(rig.managed_objects().await, vec![ENTRY1.to_string()]);
     let mut removed = Vec::new();
     while removed.len() < 3 {
         let (member, path, ifaces) = next_entry_signal(&mut signals).await;
@@ -384,6 +470,8 @@ async fn a_silent_host_gives_unavailable_and_the_entry_goes_after_the_lifetime()
         }
     }
     assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+    let tree = busctl(&rig, &["tree", "--list", MANAGER_NAME]);
+    assert!(!tree.contains("/entry/"), "{tree}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -403,6 +491,17 @@ async fn no_pldmd_or_a_host_that_is_off_answers_unavailable_at_once() {
         Vec::<String>::new(),
         "no entry was made"
     );
+    // The Authority API, too: no entry that nobody would act on.
+    let authority = AuthorityProxy::new(&rig.conn).await.unwrap();
+    let e = authority.sign_csr(&csr).await.unwrap_err();
+    assert_eq!(
+        method_error(&e),
+        (
+            common("Unavailable"),
+            "pldmd is not running (xyz.openbmc_project.PLDM has no owner); retry later".to_string()
+        )
+    );
+    assert_eq!(rig.managed_objects().await, Vec::<String>::new());
 
     let _host = rig
         .host(
@@ -807,7 +906,7 @@ async fn slow_readiness_probes_still_answer_within_the_sign_timeout() {
         .await
         .unwrap();
     // The probes may take 2 s in all; the caller's deadline here is shorter.
-    let _svc = rig.service(&["--sign-timeout", "1"]).await;
+    let svc = rig.service(&["--sign-timeout", "1"]).await;
     let (_, csr) = rig.csr("patient");
     assert_eq!(
         sign(&rig.conn, &csr).await.unwrap_err(),
@@ -817,7 +916,8 @@ async fn slow_readiness_probes_still_answer_within_the_sign_timeout() {
         )
     );
     // With a deadline past the probes' budget, an unknown host state does not block signing.
-    drop(_svc);
+    // The first service is gone before the second starts, or the call could reach it.
+    svc.stop().await;
     let _svc = rig.service(&["--sign-timeout", "10"]).await;
     let (key, csr) = rig.csr("patient2");
     check_chain_with_openssl(rig.d(), &sign(&rig.conn, &csr).await.unwrap(), &key);

@@ -484,7 +484,8 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
     let key = genpkey(d, "hmc", "p256");
     let csr = req(&key, "/CN=logged", &[]);
     let chain = sign(&conn, &csr).await.unwrap();
-    // A subject with a line break and an escape sequence must not forge log lines.
+    // A subject with a line break and an escape sequence must not forge log lines, nor one
+    // with spaces and '=' fields.
     let evil = {
         use openssl::{
             hash::MessageDigest,
@@ -501,11 +502,19 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
         b.sign(&k, MessageDigest::sha256()).unwrap();
         String::from_utf8(b.build().to_pem().unwrap()).unwrap()
     };
-    sign(&conn, &evil).await.unwrap();
+    assert_eq!(
+        sign(&conn, &evil).await.unwrap_err(),
+        (
+            common("InvalidArgument"),
+            "a subject attribute holds a control character".to_string()
+        )
+    );
     sign(&conn, "garbage").await.unwrap_err();
     // A refused CSR that parses is still identified in the log.
     let weak = req(&genpkey(d, "weak", "rsa1024"), "/CN=weak", &[]);
     sign(&conn, &weak).await.unwrap_err();
+    let spaced = req(&key, "/CN=x outcome=ok caller=:1.99/O=a,b", &[]);
+    sign(&conn, &spaced).await.unwrap();
     let log = svc.log();
     svc.stop().await;
 
@@ -515,10 +524,10 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
         .map(|b| format!("{b:02x}"))
         .collect::<String>();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("SignCSR")).collect();
-    assert_eq!(lines.len(), 4, "{log}");
+    assert_eq!(lines.len(), 5, "{log}");
     for field in [
-        "caller=:",
-        "subject=CN=logged",
+        "caller=\":",
+        "subject=\"CN=logged\" ",
         "key_type=EC P-256",
         &format!("fingerprint={fingerprint}"),
         "outcome=ok",
@@ -528,15 +537,27 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
         assert!(lines[0].contains(field), "{field} missing in {}", lines[0]);
     }
     assert!(
-        lines[1].contains("subject=CN=evil\\nINFO fake\\u{1b}[31m"),
+        lines[1].contains("subject=\"CN=evil\\nINFO fake\\u{1b}[31m\" "),
         "{}",
         lines[1]
     );
+    assert!(lines[1].contains("outcome=InvalidArgument"), "{}", lines[1]);
     assert!(lines[2].contains("outcome=InvalidArgument"), "{}", lines[2]);
     assert!(
-        lines[2].contains("subject= key_type= fingerprint= "),
+        lines[2].contains("subject=\"\" key_type= fingerprint= "),
         "{}",
         lines[2]
+    );
+    assert!(
+        lines[4].contains("subject=\"CN=x outcome=ok caller=:1.99,O=a\\,b\" "),
+        "{}",
+        lines[4]
+    );
+    assert_eq!(
+        lines[4].matches("outcome=").count(),
+        2,
+        "the forged field stays inside the quotes: {}",
+        lines[4]
     );
     let weak_body: String = weak.lines().filter(|l| !l.starts_with("-----")).collect();
     let weak_fingerprint =
@@ -545,7 +566,7 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
             .map(|b| format!("{b:02x}"))
             .collect::<String>();
     for field in [
-        "subject=CN=weak".to_string(),
+        "subject=\"CN=weak\"".to_string(),
         "key_type=RSA-1024".to_string(),
         format!("fingerprint={weak_fingerprint}"),
         "outcome=InvalidArgument".to_string(),

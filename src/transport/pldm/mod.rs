@@ -327,6 +327,14 @@ impl Shared {
         true
     }
 
+    fn entry_origin(&self, id: u64) -> Option<Origin> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|e| e.origin)
+    }
+
     /// The ids of the entries of `origin`.
     fn entry_ids(&self, origin: Origin) -> Vec<u64> {
         self.entries

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     csr::{self, ValidCsr},
-    error::{Error, Escaped, WireError},
+    error::{Error, Escaped, Quoted, WireError},
 };
 
 /// Why a Set is refused, or `None` when pldmd may write `value` now.
@@ -80,11 +80,11 @@ impl EntryIface {
         }
         match refused {
             Some(why) => {
-                tracing::warn!(entry = self.id, property, sender = %Escaped(&sender), bytes = value.len(), reason = %why, "refused a property Set on a certificate entry");
-                Err(Error::SetRefused(why).into())
+                tracing::warn!(entry = self.id, property, sender = %Quoted(Escaped(&sender)), bytes = value.len(), reason = %why, "refused a property Set on a certificate entry");
+                Err(Error::EntryChangeRefused(why).into())
             }
             None => {
-                tracing::info!(entry = self.id, property, sender = %Escaped(&sender), bytes = value.len(), "pldmd set a certificate entry property");
+                tracing::info!(entry = self.id, property, sender = %Quoted(Escaped(&sender)), bytes = value.len(), "pldmd set a certificate entry property");
                 Ok(())
             }
         }
@@ -130,14 +130,28 @@ pub(super) struct DeleteIface {
 
 #[interface(name = "xyz.openbmc_project.Object.Delete")]
 impl DeleteIface {
-    async fn delete(&self) {
+    async fn delete(&self, #[zbus(header)] header: Header<'_>) -> Result<(), WireError> {
         let id = self.id;
-        if let Some(shared) = self.shared.upgrade() {
-            // Removing this very object from inside its own method call would wait on itself.
-            tokio::spawn(async move {
-                shared.remove_entry(id).await;
-            });
+        let Some(shared) = self.shared.upgrade() else {
+            return Ok(());
+        };
+        // The entry of a waiting SignCSR belongs to that request: deleting it would fail a
+        // console's request from outside. It goes when the request ends.
+        if shared.entry_origin(id) == Some(Origin::Request) {
+            let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
+            tracing::warn!(entry = id, sender = %Quoted(Escaped(&sender)), "refused Delete of the entry of a waiting SignCSR request");
+            return Err(Error::EntryChangeRefused(
+                "this certificate entry belongs to a waiting SignCSR request; it is removed when \
+                 the request ends"
+                    .into(),
+            )
+            .into());
         }
+        // Removing this very object from inside its own method call would wait on itself.
+        tokio::spawn(async move {
+            shared.remove_entry(id).await;
+        });
+        Ok(())
     }
 }
 
@@ -174,13 +188,13 @@ impl Authority {
         match &result {
             Ok((id, csr)) => tracing::info!(
                 target: "vmi_cert_exchange::request",
-                caller = %Escaped(&caller), subject = %csr.subject, key_type = %csr.key_type,
+                caller = %Quoted(Escaped(&caller)), subject = %Quoted(&csr.subject), key_type = %csr.key_type,
                 fingerprint = %csr.fingerprint_hex(), entry = id, outcome = "entry created",
                 "Authority.SignCSR"
             ),
             Err(e) => tracing::warn!(
                 target: "vmi_cert_exchange::request",
-                caller = %Escaped(&caller), outcome = e.outcome(), reason = %e, "Authority.SignCSR failed"
+                caller = %Quoted(Escaped(&caller)), outcome = e.outcome(), reason = %e, "Authority.SignCSR failed"
             ),
         }
         let (id, _) = result?;
@@ -192,6 +206,8 @@ impl Authority {
 impl Authority {
     async fn create(&self, input: &str) -> Result<(u64, ValidCsr), Error> {
         let csr = csr::validate(input, &self.shared.settings.policy)?;
+        // As for SignCSR: say at once that nobody would act on the entry.
+        self.shared.check_ready().await?;
         let limit = self.shared.settings.limits.max_in_flight;
         let (id, mut state) = self
             .shared
