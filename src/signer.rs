@@ -50,11 +50,34 @@ pub struct Signer {
     table: Mutex<Table>,
     /// The number of requests in flight, for whoever needs to wait until none is left.
     in_flight_count: watch::Sender<usize>,
+    /// How many callers have attached to a request already in flight, ever.
+    attached_count: watch::Sender<u64>,
+}
+
+/// Where a caller's answer came from, for the request log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// This caller started the request.
+    New,
+    /// An identical CSR was in flight; this caller waited for it.
+    Attached,
+    /// A finished result of an identical CSR.
+    Cache,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::New => "new",
+            Source::Attached => "attached",
+            Source::Cache => "cache",
+        }
+    }
 }
 
 enum Admission {
     Done(Outcome),
-    Wait(watch::Receiver<Option<Outcome>>),
+    Wait(watch::Receiver<Option<Outcome>>, Source),
 }
 
 impl Signer {
@@ -64,6 +87,7 @@ impl Signer {
             settings,
             table: Mutex::new(Table::default()),
             in_flight_count: watch::Sender::new(0),
+            attached_count: watch::Sender::new(0),
         })
     }
 
@@ -80,49 +104,67 @@ impl Signer {
         self.in_flight_count.subscribe()
     }
 
+    /// Follows how many callers have attached to an identical request in flight.
+    pub fn watch_attached(&self) -> watch::Receiver<u64> {
+        self.attached_count.subscribe()
+    }
+
     /// Signs the CSR text `input` sent by `caller` and logs one line about it.
     pub async fn sign(self: &Arc<Self>, caller: &str, input: &str) -> Result<String, Error> {
         let started = Instant::now();
-        let (facts, result) = match csr::validate(input, &self.settings.policy) {
+        let (facts, source, result) = match csr::validate(input, &self.settings.policy) {
             Ok(csr) => {
                 let facts = csr::LogFacts::of(&csr);
-                (facts, self.sign_valid(Arc::new(csr)).await)
+                let (source, result) = self.sign_valid(Arc::new(csr)).await;
+                (facts, source, result)
             }
             // Say as much as can be read of a refused CSR, so that its sender can be found.
             Err(e) => (
                 csr::LogFacts::best_effort(input, &self.settings.policy),
+                None,
                 Err(e),
             ),
         };
-        log_request(caller, input.len(), &facts, &result, started.elapsed());
+        let entry = LogEntry {
+            caller,
+            size: input.len(),
+            facts: &facts,
+            source,
+            elapsed: started.elapsed(),
+        };
+        entry.log(&result);
         result.map(|chain| chain.pem)
     }
 
-    async fn sign_valid(self: &Arc<Self>, csr: Arc<ValidCsr>) -> Outcome {
+    /// The outcome, and where it came from when the request got that far.
+    async fn sign_valid(self: &Arc<Self>, csr: Arc<ValidCsr>) -> (Option<Source>, Outcome) {
         // One deadline for everything, readiness checks included: the caller must hear from us
         // before its own D-Bus timeout.
         let deadline = tokio::time::Instant::now() + self.settings.limits.sign_timeout;
-        let mut rx = match tokio::time::timeout_at(deadline, self.admit(csr)).await {
+        let (mut rx, source) = match tokio::time::timeout_at(deadline, self.admit(csr)).await {
             Err(_) => {
-                return Err(Error::HypervisorUnavailable(
-                    "the path to the hypervisor did not answer in time; retry later".into(),
-                ))
+                return (
+                    None,
+                    Err(Error::HypervisorUnavailable(
+                        "the path to the hypervisor did not answer in time; retry later".into(),
+                    )),
+                )
             }
-            Ok(admission) => match admission? {
-                Admission::Done(outcome) => return outcome,
-                Admission::Wait(rx) => rx,
-            },
+            Ok(Err(e)) => return (None, Err(e)),
+            Ok(Ok(Admission::Done(outcome))) => return (Some(Source::Cache), outcome),
+            Ok(Ok(Admission::Wait(rx, source))) => (rx, source),
         };
         let waited = tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some))
             .await
             .map(|r| r.map(|outcome| (*outcome).clone()));
-        match waited {
+        let outcome = match waited {
             Ok(Ok(Some(outcome))) => outcome,
             Ok(Ok(None)) | Err(_) => Err(Error::SigningInProgress),
             Ok(Err(_)) => Err(Error::Internal(
                 "the signing task ended without an answer".into(),
             )),
-        }
+        };
+        (Some(source), outcome)
     }
 
     /// Answers from the cache, attaches to an identical request in flight, or starts a new one.
@@ -134,7 +176,7 @@ impl Signer {
         self.transport.check_ready().await?;
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         // Another caller may have started the same request while we checked readiness.
-        if let Some(found) = lookup_locked(&mut table, &key, self.settings.limits.result_ttl) {
+        if let Some(found) = self.lookup_locked(&mut table, &key) {
             return Ok(found);
         }
         if table.in_flight.len() >= self.settings.limits.max_in_flight {
@@ -161,12 +203,22 @@ impl Signer {
             drop(table);
             let _ = tx.send(Some(outcome));
         });
-        Ok(Admission::Wait(rx))
+        Ok(Admission::Wait(rx, Source::New))
     }
 
     fn lookup(&self, key: &Key) -> Option<Admission> {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        lookup_locked(&mut table, key, self.settings.limits.result_ttl)
+        self.lookup_locked(&mut table, key)
+    }
+
+    fn lookup_locked(&self, table: &mut Table, key: &Key) -> Option<Admission> {
+        table.purge(self.settings.limits.result_ttl);
+        if let Some((_, outcome)) = table.cache.get(key) {
+            return Some(Admission::Done(outcome.clone()));
+        }
+        let rx = table.in_flight.get(key)?.clone();
+        self.attached_count.send_modify(|n| *n += 1);
+        Some(Admission::Wait(rx, Source::Attached))
     }
 
     /// One request from start to verified chain, bounded by the request lifetime. When the
@@ -190,47 +242,44 @@ impl Signer {
     }
 }
 
-fn lookup_locked(table: &mut Table, key: &Key, ttl: Duration) -> Option<Admission> {
-    table.purge(ttl);
-    if let Some((_, outcome)) = table.cache.get(key) {
-        return Some(Admission::Done(outcome.clone()));
-    }
-    table
-        .in_flight
-        .get(key)
-        .map(|rx| Admission::Wait(rx.clone()))
+/// What the one structured line per request says besides the outcome.
+struct LogEntry<'a> {
+    caller: &'a str,
+    size: usize,
+    facts: &'a csr::LogFacts,
+    source: Option<Source>,
+    elapsed: Duration,
 }
 
-/// The one structured line per request. Subject and caller are attacker-controlled: escaped.
-fn log_request(
-    caller: &str,
-    size: usize,
-    facts: &csr::LogFacts,
-    result: &Outcome,
-    elapsed: Duration,
-) {
-    let caller = Quoted(Escaped(caller));
-    let csr::LogFacts {
-        subject,
-        key_type,
-        fingerprint,
-    } = facts;
-    // Microseconds are plenty; more digits are float noise.
-    let duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
-    match result {
-        Ok(chain) => tracing::info!(
-            target: "vmi_cert_exchange::request",
-            caller = %caller, subject = %Quoted(subject), key_type = %key_type,
-            fingerprint = %fingerprint, csr_bytes = size,
-            outcome = %"ok", cert_fingerprint = %chain.leaf_fingerprint,
-            duration_ms, "SignCSR ok"
-        ),
-        Err(e) => tracing::warn!(
-            target: "vmi_cert_exchange::request",
-            caller = %caller, subject = %Quoted(subject), key_type = %key_type,
-            fingerprint = %fingerprint, csr_bytes = size,
-            outcome = %e.outcome(), reason = %e,
-            duration_ms, "SignCSR failed"
-        ),
+impl LogEntry<'_> {
+    /// Subject and caller are attacker-controlled: escaped and quoted.
+    fn log(&self, result: &Outcome) {
+        let caller = Quoted(Escaped(self.caller));
+        let csr::LogFacts {
+            subject,
+            key_type,
+            fingerprint,
+        } = self.facts;
+        let size = self.size;
+        // A refused CSR never reached the table.
+        let source = self.source.map_or("none", Source::as_str);
+        // Microseconds are plenty; more digits are float noise.
+        let duration_ms = (self.elapsed.as_secs_f64() * 1e6).round() / 1e3;
+        match result {
+            Ok(chain) => tracing::info!(
+                target: "vmi_cert_exchange::request",
+                caller = %caller, subject = %Quoted(subject), key_type = %key_type,
+                fingerprint = %fingerprint, csr_bytes = size, source = %source,
+                outcome = %"ok", cert_fingerprint = %chain.leaf_fingerprint,
+                duration_ms, "SignCSR ok"
+            ),
+            Err(e) => tracing::warn!(
+                target: "vmi_cert_exchange::request",
+                caller = %caller, subject = %Quoted(subject), key_type = %key_type,
+                fingerprint = %fingerprint, csr_bytes = size, source = %source,
+                outcome = %e.outcome(), reason = %e,
+                duration_ms, "SignCSR failed"
+            ),
+        }
     }
 }

@@ -166,11 +166,15 @@ async fn in_flight_limit_answers_too_many_resources_and_identical_csrs_share_a_s
     );
 
     // The same CSR as the first attaches to it instead of taking a slot.
+    let mut attached = svc.signer.watch_attached();
+    assert_eq!(*attached.borrow(), 0);
     let same = tokio::spawn({
         let conn = svc.client.clone();
         let c1 = c1.clone();
         async move { sign(&conn, &c1).await }
     });
+    attached.wait_for(|n| *n == 1).await.unwrap();
+    assert_eq!(svc.signer.counts().in_flight, 2, "no slot taken");
     let mut in_flight = svc.signer.watch_in_flight();
     held1.reply.send(answer_for(&ca, &held1.csr)).unwrap();
     held2.reply.send(answer_for(&ca, &held2.csr)).unwrap();

@@ -542,12 +542,15 @@ async fn thirty_two_parallel_callers_through_pldm_and_no_entry_is_left() {
         .await;
     let _svc = rig.service(&[]).await;
     let mut signals = rig.entry_signals().await;
-    let mut tasks = Vec::new();
-    for i in 0..32 {
-        let (key, csr) = rig.csr(&format!("hmc{i}"));
-        let conn = rig.conn.clone();
-        tasks.push(tokio::spawn(async move { (key, sign(&conn, &csr).await) }));
-    }
+    // Every CSR first, so that the 32 calls are on the bus at the same time.
+    let requests: Vec<_> = (0..32).map(|i| rig.csr(&format!("hmc{i}"))).collect();
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(key, csr)| {
+            let conn = rig.conn.clone();
+            tokio::spawn(async move { (key, sign(&conn, &csr).await) })
+        })
+        .collect();
     for t in tasks {
         let (key, answer) = t.await.unwrap();
         check_chain_with_openssl(rig.d(), &answer.unwrap(), &key);

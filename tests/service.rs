@@ -183,17 +183,22 @@ async fn thirty_two_parallel_callers_each_get_their_own_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (_bus, conn, _svc) = emulator_service(d, &[]).await;
-    let mut tasks = Vec::new();
-    for i in 0..32 {
-        let key = genpkey(
-            d,
-            &format!("k{i}"),
-            if i % 2 == 0 { "p256" } else { "rsa2048" },
-        );
-        let csr = req(&key, &format!("/CN=hmc-{i}"), &[]);
-        let conn = conn.clone();
-        tasks.push(tokio::spawn(async move { (key, sign(&conn, &csr).await) }));
-    }
+    // Every CSR first, so that the 32 calls are on the bus at the same time.
+    let requests: Vec<_> = (0..32)
+        .map(|i| {
+            let kind = if i % 2 == 0 { "p256" } else { "rsa2048" };
+            let key = genpkey(d, &format!("k{i}"), kind);
+            let csr = req(&key, &format!("/CN=hmc-{i}"), &[]);
+            (key, csr)
+        })
+        .collect();
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(key, csr)| {
+            let conn = conn.clone();
+            tokio::spawn(async move { (key, sign(&conn, &csr).await) })
+        })
+        .collect();
     let mut roots = std::collections::HashSet::new();
     for t in tasks {
         let (key, answer) = t.await.unwrap();
@@ -515,6 +520,8 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
     sign(&conn, &weak).await.unwrap_err();
     let spaced = req(&key, "/CN=x outcome=ok caller=:1.99/O=a,b", &[]);
     sign(&conn, &spaced).await.unwrap();
+    // The same CSR again: answered from the result cache, and the log says so.
+    assert_eq!(sign(&conn, &csr).await.unwrap(), chain);
     let log = svc.log();
     svc.stop().await;
 
@@ -524,9 +531,12 @@ async fn one_log_line_per_request_with_escaped_subject_and_no_pem() {
         .map(|b| format!("{b:02x}"))
         .collect::<String>();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("SignCSR")).collect();
-    assert_eq!(lines.len(), 5, "{log}");
+    assert_eq!(lines.len(), 6, "{log}");
+    assert!(lines[5].contains(" source=cache "), "{}", lines[5]);
+    assert!(lines[2].contains(" source=none "), "{}", lines[2]);
     for field in [
         "caller=\":",
+        " source=new ",
         "subject=\"CN=logged\" ",
         "key_type=EC P-256",
         &format!("fingerprint={fingerprint}"),

@@ -709,9 +709,10 @@ fn sign_until_done(
             Verdict::Retry(later) => {
                 if Instant::now() + pause >= deadline {
                     return Err(StartError::Failed(format!(
-                        "{}; {} (gave up after {attempts} attempts within the --timeout of {})",
+                        "{}; {} (gave up after {attempts} attempt{} within the --timeout of {})",
                         later.what,
                         later.advice,
+                        if attempts == 1 { "" } else { "s" },
                         secs(opts.timeout)
                     )));
                 }
