@@ -373,4 +373,150 @@ mod tests {
             "NoCACertificate"
         );
     }
+
+    /// A leaf for `csr` signed by `ca`, valid from `from` to `until` seconds relative to now,
+    /// with the extensions `add` puts on it.
+    fn leaf_with(
+        ca: &SoftCa,
+        csr: &ValidCsr,
+        from: i64,
+        until: i64,
+        add: impl FnOnce(&mut openssl::x509::X509Builder),
+    ) -> String {
+        use openssl::{bn::BigNum, x509::X509Builder};
+        let now = unix_now();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&BigNum::from_u32(9).unwrap().to_asn1_integer().unwrap())
+            .unwrap();
+        b.set_subject_name(csr.req.subject_name()).unwrap();
+        b.set_issuer_name(ca.root().subject_name()).unwrap();
+        b.set_pubkey(&csr.public_key).unwrap();
+        b.set_not_before(&Asn1Time::from_unix(now + from).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(now + until).unwrap())
+            .unwrap();
+        add(&mut b);
+        b.sign(ca.key(), openssl::hash::MessageDigest::sha384())
+            .unwrap();
+        pem(&b.build())
+    }
+
+    #[test]
+    fn validity_is_checked_with_the_allowed_clock_skew() {
+        let (ca, csr) = setup();
+        let answer = |certificate: String| Answer {
+            certificate,
+            root: ca.root_pem(),
+        };
+        let hour = 3600;
+        let expired = leaf_with(&ca, &csr, -2 * 86400, -hour, |_| {});
+        assert_eq!(
+            verify(&csr, &answer(expired), DAY).unwrap_err(),
+            Error::UnusableAnswer("the hypervisor returned an expired certificate".into())
+        );
+        // notBefore an hour ahead (a BMC clock behind the host's): within a day's skew.
+        let ahead = leaf_with(&ca, &csr, hour, 30 * 86400, |_| {});
+        assert!(verify(&csr, &answer(ahead.clone()), DAY).is_ok());
+        // The same with a skew of a minute: too far ahead.
+        assert_eq!(
+            verify(&csr, &answer(ahead), Duration::from_secs(60)).unwrap_err(),
+            Error::UnusableAnswer(
+                "the hypervisor returned a certificate that is not valid until far in the future"
+                    .into()
+            )
+        );
+        let far = leaf_with(&ca, &csr, 2 * 86400, 30 * 86400, |_| {});
+        assert_eq!(
+            verify(&csr, &answer(far), DAY).unwrap_err().dbus_name(),
+            "InternalFailure"
+        );
+    }
+
+    #[test]
+    fn signing_usages_and_a_missing_client_auth_are_refused() {
+        use openssl::x509::extension::{ExtendedKeyUsage, KeyUsage};
+        let (ca, csr) = setup();
+        let answer = |certificate: String| Answer {
+            certificate,
+            root: ca.root_pem(),
+        };
+        let cert_sign = leaf_with(&ca, &csr, -60, 86400, |b| {
+            b.append_extension(
+                KeyUsage::new()
+                    .digital_signature()
+                    .key_cert_sign()
+                    .build()
+                    .unwrap(),
+            )
+            .unwrap();
+        });
+        let crl_sign = leaf_with(&ca, &csr, -60, 86400, |b| {
+            b.append_extension(KeyUsage::new().crl_sign().build().unwrap())
+                .unwrap();
+        });
+        for text in [cert_sign, crl_sign] {
+            assert_eq!(
+                verify(&csr, &answer(text), DAY).unwrap_err(),
+                Error::UnusableAnswer(
+                    "the hypervisor issued a certificate with keyCertSign or cRLSign".into()
+                )
+            );
+        }
+        let server_only = leaf_with(&ca, &csr, -60, 86400, |b| {
+            b.append_extension(ExtendedKeyUsage::new().server_auth().build().unwrap())
+                .unwrap();
+        });
+        assert_eq!(
+            verify(&csr, &answer(server_only), DAY).unwrap_err(),
+            Error::UnusableAnswer(
+                "the hypervisor issued a certificate without clientAuth usage".into()
+            )
+        );
+        let both = leaf_with(&ca, &csr, -60, 86400, |b| {
+            b.append_extension(
+                ExtendedKeyUsage::new()
+                    .server_auth()
+                    .client_auth()
+                    .build()
+                    .unwrap(),
+            )
+            .unwrap();
+        });
+        assert!(verify(&csr, &answer(both), DAY).is_ok());
+    }
+
+    #[test]
+    fn an_expired_root_is_no_ca_certificate() {
+        use openssl::{
+            bn::BigNum,
+            x509::{extension::BasicConstraints, X509Builder},
+        };
+        let (ca, csr) = setup();
+        // The same CA key and name, in a root whose validity has ended.
+        let now = unix_now();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap())
+            .unwrap();
+        b.set_subject_name(ca.root().subject_name()).unwrap();
+        b.set_issuer_name(ca.root().subject_name()).unwrap();
+        b.set_pubkey(ca.key()).unwrap();
+        b.set_not_before(&Asn1Time::from_unix(now - 10 * 86400).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(now - 86400).unwrap())
+            .unwrap();
+        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+        b.sign(ca.key(), openssl::hash::MessageDigest::sha384())
+            .unwrap();
+        let answer = Answer {
+            certificate: pem(&ca.issue_client(&csr, 365).unwrap()),
+            root: pem(&b.build()),
+        };
+        assert_eq!(
+            verify(&csr, &answer, DAY).unwrap_err(),
+            Error::NoRootCertificate("the root certificate has expired".into())
+        );
+    }
 }
