@@ -117,8 +117,9 @@ fn unix_now() -> i64 {
 
 fn random_serial() -> OsslResult<Asn1Integer> {
     let mut bn = BigNum::new()?;
-    // 128 random bits; the top bit clear keeps the DER INTEGER positive without padding.
-    bn.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    // 128 random bits. A set top bit makes the DER INTEGER 17 bytes long (a leading zero keeps
+    // it positive), within RFC 5280's 20.
+    bn.rand(128, MsbOption::MAYBE_ZERO, false)?;
     bn.to_asn1_integer()
 }
 
@@ -195,6 +196,7 @@ impl SoftCa {
     /// directory holds none. The caller holds the directory's [`StateLock`].
     pub fn open_or_create(lock: &StateLock, common_name: &str) -> Result<Self, StartError> {
         let dir = &lock.dir;
+        finish_interrupted_creation(dir);
         remove_stale_temporaries(dir);
         let key_path = dir.join(KEY_FILE);
         let cert_path = dir.join(CERT_FILE);
@@ -265,8 +267,10 @@ impl SoftCa {
     }
 
     /// Writes `ca.key` and `ca.crt` into a fresh temporary directory inside `dir`, syncs them,
-    /// then renames them into place: a crash leaves either nothing or a temporary directory that
-    /// the next start removes, never a half-written key.
+    /// then renames them into place, the key first. The certificate's rename is the commit
+    /// point: a crash before it leaves either nothing or the key with its certificate still in
+    /// the temporary directory, and the next start completes that (see
+    /// [`finish_interrupted_creation`]). Never a half-written key, never a key without its root.
     fn write_atomically(&self, dir: &Path) -> Result<(), StartError> {
         let io = |what: &str, e: std::io::Error| StartError::Io(format!("{what}: {e}"));
         let tmp = dir.join(format!("{TMP_PREFIX}{}", std::process::id()));
@@ -282,9 +286,9 @@ impl SoftCa {
         let result = (|| {
             write_new_file(&tmp.join(KEY_FILE), &key_pem, 0o600)?;
             write_new_file(&tmp.join(CERT_FILE), self.root_pem.as_bytes(), 0o644)?;
-            // The key goes first: a crash between the two renames leaves a key without a
-            // certificate, which is reported, never a certificate whose key is lost.
+            File::open(&tmp)?.sync_all()?;
             fs::rename(tmp.join(KEY_FILE), dir.join(KEY_FILE))?;
+            File::open(dir)?.sync_all()?;
             fs::rename(tmp.join(CERT_FILE), dir.join(CERT_FILE))?;
             File::open(dir)?.sync_all()
         })();
@@ -385,6 +389,50 @@ impl SoftCa {
     }
 }
 
+/// Completes a creation that stopped between its two renames: `ca.key` is in place, and a
+/// temporary directory still holds the `ca.crt` written with it. The root never issued a
+/// certificate (the process that made it had not started serving), so finishing the rename
+/// is safe; a `ca.crt` for another key is left alone, and the start-up check reports the
+/// half-present CA.
+fn finish_interrupted_creation(dir: &Path) {
+    let (key_path, cert_path) = (dir.join(KEY_FILE), dir.join(CERT_FILE));
+    if !key_path.exists() || cert_path.exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let key = fs::read_to_string(&key_path)
+        .ok()
+        .and_then(|pem| crate::util::parse_pem(&pem).ok())
+        .and_then(|blocks| match blocks.as_slice() {
+            [block] if block.label == "PRIVATE KEY" => {
+                PKey::private_key_from_pkcs8(&block.der).ok()
+            }
+            _ => None,
+        });
+    let Some(key) = key else { return };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let candidate = entry.path().join(CERT_FILE);
+        let matches = fs::read(&candidate)
+            .ok()
+            .and_then(|pem| X509::from_pem(&pem).ok())
+            .and_then(|cert| cert.public_key().ok())
+            .is_some_and(|public| public.public_eq(&key));
+        if matches && fs::rename(&candidate, &cert_path).is_ok() {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+            tracing::warn!(
+                dir = %dir.display(),
+                "completed the software CA that an interrupted start left half written"
+            );
+            return;
+        }
+    }
+}
+
 fn remove_stale_temporaries(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -430,6 +478,66 @@ mod tests {
             .filter(|n| n.starts_with('.'))
             .collect();
         assert!(names.is_empty(), "temporaries left behind: {names:?}");
+    }
+
+    #[test]
+    fn a_creation_interrupted_between_its_renames_is_completed_with_the_same_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = SoftCa::generate().unwrap();
+        // What a crash after the key's rename leaves: ca.key in place, ca.crt still in the
+        // temporary directory.
+        let tmp = dir.path().join(format!("{TMP_PREFIX}4242"));
+        fs::create_dir(&tmp).unwrap();
+        write_new_file(
+            &dir.path().join(KEY_FILE),
+            &ca.key.private_key_to_pem_pkcs8().unwrap(),
+            0o600,
+        )
+        .unwrap();
+        write_new_file(&tmp.join(CERT_FILE), ca.root_pem().as_bytes(), 0o644).unwrap();
+        let lock = StateLock::acquire(dir.path()).unwrap();
+        let opened = SoftCa::open_or_create(&lock, EMULATOR_CA_NAME).unwrap();
+        assert_eq!(opened.root_pem(), ca.root_pem());
+        assert!(!tmp.exists(), "the temporary directory is gone");
+
+        // A stray certificate for another key does not complete anything.
+        fs::remove_file(dir.path().join(CERT_FILE)).unwrap();
+        fs::create_dir(&tmp).unwrap();
+        let other = SoftCa::generate().unwrap();
+        write_new_file(&tmp.join(CERT_FILE), other.root_pem().as_bytes(), 0o644).unwrap();
+        let err = SoftCa::open_or_create(&lock, EMULATOR_CA_NAME).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::EXIT_CA_CORRUPT);
+        assert!(!dir.path().join(CERT_FILE).exists());
+    }
+
+    #[test]
+    fn leaves_follow_the_profile() {
+        use crate::{config::Policy, csr};
+        let ca = SoftCa::generate().unwrap();
+        let key = csr::tests::rsa(2048);
+        let req = csr::validate(
+            &csr::tests::csr_with(&key, "hmc01", false),
+            &Policy::default(),
+        )
+        .unwrap();
+        let before = unix_now();
+        let leaf = ca.issue_client(&req, 365).unwrap();
+        let after = unix_now();
+        let not_before = Asn1Time::from_unix(before - BACKDATE_SECS).unwrap();
+        // notBefore is 5 minutes before issuance; notAfter 365 days after it (to the second,
+        // give or take the time the test took).
+        let diff = not_before.diff(leaf.not_before()).unwrap();
+        assert!(diff.days == 0 && (0..=after - before).contains(&i64::from(diff.secs)));
+        let span = leaf.not_before().diff(leaf.not_after()).unwrap();
+        assert_eq!((span.days, span.secs), (365, BACKDATE_SECS as i32));
+        let serial = leaf.serial_number().to_bn().unwrap();
+        assert!(serial.num_bits() <= 128 && !serial.is_negative());
+        // Two leaves never share a serial.
+        let again = ca.issue_client(&req, 365).unwrap();
+        assert_ne!(
+            again.serial_number().to_bn().unwrap(),
+            leaf.serial_number().to_bn().unwrap()
+        );
     }
 
     #[test]
