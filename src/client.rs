@@ -42,26 +42,66 @@ pub fn error_name(err: &zbus::Error) -> Option<&str> {
     }
 }
 
-/// Calls `SignCSR`, retrying the same CSR while the answer is `Unavailable` and `wait` allows.
+/// The last failure of [`sign_with_retry`], and how hard it tried.
+#[derive(Debug)]
+pub struct GaveUp {
+    pub error: zbus::Error,
+    pub attempts: u32,
+    pub elapsed: Duration,
+}
+
+impl GaveUp {
+    /// `name: message`, and after retries, how many there were.
+    pub fn describe(&self) -> String {
+        let mut text = describe(&self.error);
+        if self.attempts > 1 {
+            text.push_str(&format!(
+                " (still so after {} attempts in {:.1} s)",
+                self.attempts,
+                self.elapsed.as_secs_f64()
+            ));
+        }
+        text
+    }
+}
+
+/// Calls `SignCSR`, retrying the same CSR while the answer is `Unavailable`. A new attempt
+/// starts only while `wait` has not run out; each one may take as long as the service's
+/// sign timeout. Each retry is announced on stderr.
 pub async fn sign_with_retry(
     conn: &Connection,
     csr: &str,
     wait: Duration,
-) -> Result<String, zbus::Error> {
-    let proxy = VmInterfaceProxy::new(conn).await?;
-    let give_up = Instant::now() + wait;
+) -> Result<String, GaveUp> {
+    let started = Instant::now();
+    let gave_up = |error, attempts| GaveUp {
+        error,
+        attempts,
+        elapsed: started.elapsed(),
+    };
+    let proxy = VmInterfaceProxy::new(conn)
+        .await
+        .map_err(|e| gave_up(e, 0))?;
+    let give_up = started + wait;
     let mut pause = Duration::from_millis(500);
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         match proxy.sign_csr(csr).await {
             Err(e)
                 if error_name(&e) == Some("xyz.openbmc_project.Common.Error.Unavailable")
                     && Instant::now() + pause < give_up =>
             {
-                tracing::info!("{}; retrying in {:?}", describe(&e), pause);
+                eprintln!(
+                    "vmi-cert-exchange: {}; retrying the same CSR in {:.1} s",
+                    describe(&e),
+                    pause.as_secs_f64()
+                );
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
-            other => return other,
+            Err(e) => return Err(gave_up(e, attempts)),
+            Ok(chain) => return Ok(chain),
         }
     }
 }
@@ -94,7 +134,7 @@ pub async fn run(opts: SignOptions) -> Result<(), StartError> {
         .map_err(|e| StartError::Bus(format!("{}: {e}", opts.bus)))?;
     let chain = sign_with_retry(&conn, &csr, opts.wait)
         .await
-        .map_err(|e| StartError::Failed(describe(&e)))?;
+        .map_err(|e| StartError::Failed(e.describe()))?;
     match opts.out {
         None => print!("{chain}"),
         Some(dir) => {

@@ -67,12 +67,13 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
                 .into(),
         ));
     }
-    let lock = StateLock::acquire(&opts.state_dir)?;
+    // The bus first: an unreachable bus or a taken name is said as such, before anything is
+    // created in the state directory.
     let conn = opts.bus.connect().await?;
-    // Say so before creating anything in the state directory.
     if name_has_owner(&conn, crate::BUS_NAME).await? {
         return Err(StartError::NameTaken(crate::BUS_NAME.to_string()));
     }
+    let lock = StateLock::acquire(&opts.state_dir)?;
     let transport: Arc<dyn HypervisorTransport> = match opts.transport {
         TransportKind::Emulator => {
             let ca = SoftCa::open_or_create(&lock, crate::ca::EMULATOR_CA_NAME)?;

@@ -172,7 +172,8 @@ struct SignArgs {
     /// Write chain.pem, client.crt and ca.crt here instead of printing the answer.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Keep retrying the same CSR for this many seconds while the answer is Unavailable.
+    /// Keep retrying the same CSR while the answer is Unavailable: new attempts start for this
+    /// many seconds, and each may take up to the service's --sign-timeout.
     #[arg(long, value_parser = config::parse_seconds, default_value = "0")]
     wait: Duration,
 }

@@ -347,9 +347,37 @@ async fn a_short_delay_succeeds_and_a_long_one_is_unavailable_then_the_retry_suc
             "signing in progress, retry with the same CSR".to_string()
         )
     );
-    // `sign --wait` retries the same CSR while the answer is Unavailable.
+    // `sign --wait` retries the same CSR while the answer is Unavailable; with too short a
+    // wait it gives up with the service's answer and says how often it tried.
     let csr_file = rig.d().join("slow.csr");
     std::fs::write(&csr_file, &csr).unwrap();
+    let (address, file) = (rig.bus.address().to_string(), csr_file.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["sign", "--address", &address, "--wait", "1.5", "--csr"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let unavailable = "vmi-cert-exchange: xyz.openbmc_project.Common.Error.Unavailable: \
+                       signing in progress, retry with the same CSR";
+    let retries = stderr
+        .lines()
+        .filter(|l| l.starts_with(unavailable) && l.contains("; retrying the same CSR in "))
+        .count();
+    assert!(retries >= 1, "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!(
+            "{unavailable} (still so after {} attempts in ",
+            retries + 1
+        )) && last.ends_with(" s)"),
+        "{stderr}"
+    );
     let out_dir = rig.d().join("out");
     let mut cmd = Command::new(BIN);
     cmd.args([
@@ -375,6 +403,11 @@ async fn a_short_delay_succeeds_and_a_long_one_is_unavailable_then_the_retry_suc
     check_chain_with_openssl(rig.d(), &chain, &key);
     let counter = std::fs::read_to_string(rig.d().join("service-state/entry-counter")).unwrap();
     assert_eq!(counter, "1\n", "the retries shared one entry");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{unavailable}; retrying the same CSR in 0.5 s\n")),
+        "each retry is announced: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -477,7 +510,21 @@ async fn a_silent_host_gives_unavailable_and_the_entry_goes_after_the_lifetime()
 #[tokio::test(flavor = "multi_thread")]
 async fn no_pldmd_or_a_host_that_is_off_answers_unavailable_at_once() {
     let rig = Rig::new().await;
-    let _svc = rig.service(&[]).await;
+    let svc = rig.service(&[]).await;
+    let log = svc.log();
+    assert!(
+        log.contains(
+            "pldmd is not on the bus (xyz.openbmc_project.PLDM has no owner): requests answer \
+             Unavailable until it is"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "no root certificate yet: answers are NoCACertificate until the host provides it"
+        ),
+        "{log}"
+    );
     let (_, csr) = rig.csr("nobody");
     assert_eq!(
         sign(&rig.conn, &csr).await.unwrap_err(),
@@ -583,6 +630,7 @@ async fn a_restarted_simulator_picks_up_the_pending_request_and_ids_never_repeat
     let chain =
         vmi_cert_exchange::client::sign_with_retry(&rig.conn, &csr, Duration::from_secs(30))
             .await
+            .map_err(|e| e.describe())
             .unwrap();
     check_chain_with_openssl(rig.d(), &chain, &key);
     let (other_key, other) = rig.csr("other");

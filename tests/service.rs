@@ -367,6 +367,10 @@ async fn start_up_refusals_have_clear_messages_and_non_zero_exits() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("cannot connect to the D-Bus bus: unix:path=/nonexistent/bus"));
+    assert!(
+        !state.exists(),
+        "nothing is created before the bus is reached"
+    );
 
     // A taken name.
     let bus = private_bus();
@@ -378,6 +382,7 @@ async fn start_up_refusals_have_clear_messages_and_non_zero_exits() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(
         "the bus name xyz.openbmc_project.HMC.VMInterface is already owned by another process"
     ));
+    assert!(!other.exists(), "nothing is created for a taken name");
 
     // A configuration file with an unknown key.
     let cfg = dir.path().join("bad.toml");

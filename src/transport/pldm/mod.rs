@@ -216,6 +216,25 @@ impl Pldm {
             Err(e) => return Err(StartError::Bus(e.to_string())),
         }
         tokio::spawn(follow_pldmd(Arc::downgrade(&shared), owner_changes));
+        // Neither stops the service (pldmd may start later, the host pushes its root when VMI
+        // boots), but whoever reads the start-up log should know what requests will meet.
+        if shared
+            .pldm_owner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            tracing::warn!(
+                "pldmd is not on the bus ({PLDM_NAME} has no owner): requests answer \
+                 Unavailable until it is"
+            );
+        }
+        if !opts.root_cert_file.exists() {
+            tracing::warn!(
+                file = %opts.root_cert_file.display(),
+                "no root certificate yet: answers are NoCACertificate until the host provides it"
+            );
+        }
         Ok(Pldm { shared })
     }
 }
