@@ -309,6 +309,79 @@ async fn faults_map_to_the_documented_errors() {
     }
 }
 
+/// The root file is read afresh for every answer: a stale or unreadable one is
+/// NoCACertificate, and once the right root is back the next request succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_root_file_is_read_for_every_answer() {
+    let rig = Rig::new().await;
+    let _host = rig.host("none", &[]).await;
+    let _svc = rig.service(&[]).await;
+    let pushed = std::fs::read_to_string(&rig.root_file).unwrap();
+    let (key, csr) = rig.csr("first");
+    let (_, root) = check_chain_with_openssl(rig.d(), &sign(&rig.conn, &csr).await.unwrap(), &key);
+    assert_eq!(root, pushed);
+
+    // A stale root: some other CA's.
+    let stale = vmi_cert_exchange::ca::SoftCa::generate()
+        .unwrap()
+        .root_pem();
+    std::fs::write(&rig.root_file, &stale).unwrap();
+    assert_eq!(
+        sign(&rig.conn, &rig.csr("stale").1).await.unwrap_err(),
+        (
+            common("NoCACertificate"),
+            "the root certificate does not verify the client certificate".to_string()
+        )
+    );
+    // An unreadable one (a directory where the file should be).
+    std::fs::remove_file(&rig.root_file).unwrap();
+    std::fs::create_dir(&rig.root_file).unwrap();
+    assert_eq!(
+        sign(&rig.conn, &rig.csr("unreadable").1).await.unwrap_err(),
+        (
+            common("NoCACertificate"),
+            "the hypervisor's root certificate cannot be read".to_string()
+        )
+    );
+    // The host's root back in place: the next request goes through.
+    std::fs::remove_dir(&rig.root_file).unwrap();
+    std::fs::write(&rig.root_file, &pushed).unwrap();
+    let (key, csr) = rig.csr("again");
+    check_chain_with_openssl(rig.d(), &sign(&rig.conn, &csr).await.unwrap(), &key);
+    assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authority_entry_nobody_deletes_goes_after_the_request_lifetime() {
+    let rig = Rig::new().await;
+    let _host = rig.host("silent", &[]).await;
+    let _svc = rig
+        .service(&["--sign-timeout", "0.3", "--request-lifetime", "1"])
+        .await;
+    let mut signals = rig.entry_signals().await;
+    let authority = AuthorityProxy::new(&rig.conn).await.unwrap();
+    let path = authority.sign_csr(&rig.csr("forgotten").1).await.unwrap();
+    assert_eq!(path.as_str(), ENTRY1);
+    let mut removed = Vec::new();
+    while removed.len() < 3 {
+        let (member, path, ifaces) = next_entry_signal(&mut signals).await;
+        if member == "InterfacesRemoved" {
+            assert_eq!(path, ENTRY1);
+            removed.extend(ifaces);
+        }
+    }
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            "xyz.openbmc_project.Certs.Entry",
+            "xyz.openbmc_project.Object.Delete",
+            "xyz.openbmc_project.PLDM.Provider.Certs.Authority.CSR"
+        ]
+    );
+    assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn untidy_answers_become_a_clean_leaf_then_root_chain() {
     for fault in ["root-first", "duplicate", "crlf", "pending-ack"] {
@@ -779,7 +852,7 @@ async fn only_pldmd_may_set_entries_and_sets_follow_the_rules() {
     // The test plays pldmd itself: its connection owns xyz.openbmc_project.PLDM.
     let pldmd = connect(&rig.bus).await;
     pldmd.request_name(PLDM_NAME).await.unwrap();
-    let _svc = rig.service(&[]).await;
+    let svc = rig.service(&[]).await;
     let authority = AuthorityProxy::new(&rig.conn).await.unwrap();
     let path = authority.sign_csr(&rig.csr("a").1).await.unwrap();
     let as_pldmd = EntryProxy::builder(&pldmd)
@@ -851,6 +924,22 @@ async fn only_pldmd_may_set_entries_and_sets_follow_the_rules() {
             "the certificate entry is no longer Pending".into()
         )
     );
+    // Every refusal is logged, with who asked and why.
+    let log = svc.log();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused a property Set on a certificate entry"))
+        .collect();
+    assert_eq!(refusals.len(), 4, "{log}");
+    for (line, reason) in refusals.iter().zip([
+        "only pldmd (the owner of xyz.openbmc_project.PLDM) may set certificate entries",
+        "unknown Status value",
+        "ClientCertificate is larger than 64 KiB",
+        "the certificate entry is no longer Pending",
+    ]) {
+        assert!(line.contains(&format!("reason={reason}")), "{line}");
+        assert!(line.contains("entry=1 "), "{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
