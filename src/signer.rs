@@ -186,24 +186,33 @@ impl Signer {
         table.in_flight.insert(key, rx.clone());
         self.in_flight_count.send_replace(table.in_flight.len());
         drop(table);
-        let this = self.clone();
+        let mut finish = Finish {
+            signer: self.clone(),
+            key,
+            tx: Some(tx),
+        };
         tokio::spawn(async move {
-            let outcome = this.run(csr).await;
-            let mut table = this.table.lock().unwrap_or_else(|p| p.into_inner());
-            table.in_flight.remove(&key);
-            this.in_flight_count.send_replace(table.in_flight.len());
-            if outcome.as_ref().err().is_none_or(Error::is_final) {
-                if table.cache.len() >= MAX_CACHED {
-                    table.purge(this.settings.limits.result_ttl);
-                }
-                if table.cache.len() < MAX_CACHED {
-                    table.cache.insert(key, (Instant::now(), outcome.clone()));
-                }
-            }
-            drop(table);
-            let _ = tx.send(Some(outcome));
+            let outcome = finish.signer.run(csr).await;
+            finish.complete(outcome);
         });
         Ok(Admission::Wait(rx, Source::New))
+    }
+
+    /// Takes a finished request out of the table, caches a final outcome, tells the waiters.
+    fn finish(&self, key: &Key, tx: watch::Sender<Option<Outcome>>, outcome: Outcome) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.in_flight.remove(key);
+        self.in_flight_count.send_replace(table.in_flight.len());
+        if outcome.as_ref().err().is_none_or(Error::is_final) {
+            if table.cache.len() >= MAX_CACHED {
+                table.purge(self.settings.limits.result_ttl);
+            }
+            if table.cache.len() < MAX_CACHED {
+                table.cache.insert(*key, (Instant::now(), outcome.clone()));
+            }
+        }
+        drop(table);
+        let _ = tx.send(Some(outcome));
     }
 
     fn lookup(&self, key: &Key) -> Option<Admission> {
@@ -239,6 +248,31 @@ impl Signer {
                 ))
             }
         }
+    }
+}
+
+/// A request's way out of the in-flight table. If its task ends without an outcome (a panic
+/// in a transport), dropping this still frees the slot and answers the waiters, so no request
+/// is stuck and the identical CSR can be tried again.
+struct Finish {
+    signer: Arc<Signer>,
+    key: Key,
+    tx: Option<watch::Sender<Option<Outcome>>>,
+}
+
+impl Finish {
+    fn complete(&mut self, outcome: Outcome) {
+        if let Some(tx) = self.tx.take() {
+            self.signer.finish(&self.key, tx, outcome);
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.complete(Err(Error::Internal(
+            "the signing task failed; retry".into(),
+        )));
     }
 }
 

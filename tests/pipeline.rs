@@ -462,3 +462,37 @@ async fn bad_input_table() {
     );
     check_chain_with_openssl(d, &sign(&svc.client, &pss).await.unwrap(), &rsa_key);
 }
+
+/// A transport whose request task panics.
+struct Panicking;
+
+impl HypervisorTransport for Panicking {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+    fn sign(&self, _csr: Arc<ValidCsr>) -> BoxFuture<'static, Result<Answer, Error>> {
+        Box::pin(async { panic!("a transport bug") })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_task_panics_is_answered_and_leaves_no_slot_taken() {
+    let svc = start(
+        Arc::new(Panicking),
+        settings(|s| s.limits.max_in_flight = 1),
+    )
+    .await;
+    let csr = csr_for(&ec_key(), "unlucky");
+    for _ in 0..2 {
+        assert_eq!(
+            sign(&svc.client, &csr).await.unwrap_err(),
+            (
+                common("InternalFailure"),
+                "the signing task failed; retry".to_string()
+            )
+        );
+        let mut in_flight = svc.signer.watch_in_flight();
+        in_flight.wait_for(|n| *n == 0).await.unwrap();
+        assert_eq!(svc.signer.counts().cached, 0, "a failure is not cached");
+    }
+}
