@@ -268,6 +268,11 @@ impl Settings {
 
 /// Seconds as given on the command line or in the file (fractions allowed).
 pub fn seconds(v: f64) -> Result<Duration, String> {
+    if v < 0.0 {
+        return Err(format!(
+            "{v} is negative; give a number of seconds of 0 or more"
+        ));
+    }
     Duration::try_from_secs_f64(v).map_err(|_| format!("{v} is not a number of seconds"))
 }
 
@@ -336,8 +341,18 @@ mod tests {
         assert_eq!(s.limits.clock_skew, Duration::from_secs(86400));
         assert_eq!(s.validity_days, 365);
         assert_eq!(parse_seconds("0.25").unwrap(), Duration::from_millis(250));
-        assert!(parse_seconds("-1").is_err());
-        assert!(parse_seconds("abc").is_err());
+        assert_eq!(
+            parse_seconds("-1").unwrap_err(),
+            "-1 is negative; give a number of seconds of 0 or more"
+        );
+        assert_eq!(
+            parse_seconds("abc").unwrap_err(),
+            "\"abc\" is not a number of seconds"
+        );
+        assert_eq!(
+            parse_seconds("NaN").unwrap_err(),
+            "NaN is not a number of seconds"
+        );
     }
 
     #[test]

@@ -96,10 +96,10 @@ struct RestSignArgs {
     #[arg(long)]
     insecure: bool,
     /// Total seconds for login, every attempt and the pauses between them (fractions allowed).
-    #[arg(long, value_parser = config::parse_seconds, default_value = "300")]
+    #[arg(long, allow_negative_numbers = true, value_parser = config::parse_seconds, default_value = "300")]
     timeout: Duration,
     /// Seconds before the first retry; the pause doubles up to 30 s.
-    #[arg(long, value_parser = config::parse_seconds, default_value = "1")]
+    #[arg(long, allow_negative_numbers = true, value_parser = config::parse_seconds, default_value = "1")]
     retry_interval: Duration,
 }
 
@@ -137,19 +137,19 @@ struct ServeArgs {
     #[arg(long, default_value = "/var/lib/vmi-cert-exchange")]
     state_dir: PathBuf,
     /// Seconds a caller waits before `Unavailable` (fractions allowed) [default: 20].
-    #[arg(long, value_parser = config::parse_seconds)]
+    #[arg(long, allow_negative_numbers = true, value_parser = config::parse_seconds)]
     sign_timeout: Option<Duration>,
     /// Seconds a request may keep going in the background [default: 600].
-    #[arg(long, value_parser = config::parse_seconds)]
+    #[arg(long, allow_negative_numbers = true, value_parser = config::parse_seconds)]
     request_lifetime: Option<Duration>,
     /// Seconds a finished result is answered from the cache (default: the request lifetime).
-    #[arg(long, value_parser = config::parse_seconds)]
+    #[arg(long, allow_negative_numbers = true, value_parser = config::parse_seconds)]
     result_ttl: Option<Duration>,
     /// Distinct requests in flight at once [default: 64].
     #[arg(long)]
     max_in_flight: Option<usize>,
     /// Seconds a returned certificate's notBefore may lie in the future [default: 86400].
-    #[arg(long, value_parser = config::parse_seconds)]
+    #[arg(long, allow_negative_numbers = true, value_parser = config::parse_seconds)]
     clock_skew: Option<Duration>,
     /// TOML configuration file (flags win over it).
     #[arg(long)]
@@ -174,7 +174,7 @@ struct SignArgs {
     out: Option<PathBuf>,
     /// Keep retrying the same CSR while the answer is Unavailable: new attempts start for this
     /// many seconds, and each may take up to the service's --sign-timeout.
-    #[arg(long, value_parser = config::parse_seconds, default_value = "0")]
+    #[arg(long, allow_negative_numbers = true, value_parser = config::parse_seconds, default_value = "0")]
     wait: Duration,
 }
 

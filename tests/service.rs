@@ -390,6 +390,14 @@ async fn start_up_refusals_have_clear_messages_and_non_zero_exits() {
     let out = serve_emulator(bus.address(), &other, &["--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `key_type`"));
+
+    // A negative duration is named as such, not taken for an unknown flag.
+    let out = serve_emulator(bus.address(), &other, &["--sign-timeout", "-1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "invalid value '-1' for '--sign-timeout <SIGN_TIMEOUT>': -1 is negative; give a number of seconds of 0 or more"
+    ));
+    assert!(!other.exists(), "nothing is created for a bad command line");
 }
 
 #[tokio::test(flavor = "multi_thread")]
