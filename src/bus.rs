@@ -63,7 +63,7 @@ impl Bus {
         self.builder()?
             .build()
             .await
-            .map_err(|e| StartError::Bus(format!("{self}: {e}")))
+            .map_err(|e| StartError::Connect(format!("{self}: {e}")))
     }
 }
 

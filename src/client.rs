@@ -65,7 +65,20 @@ impl GaveUp {
     }
 }
 
-/// Calls `SignCSR`, retrying the same CSR while the answer is `Unavailable`. A new attempt
+/// Whether the same CSR may succeed later: the service said `Unavailable`, or it is not on the
+/// bus at the moment (not started yet, or being restarted by systemd after losing the bus).
+fn worth_retrying(err: &zbus::Error) -> bool {
+    match err {
+        zbus::Error::FDO(e) => matches!(
+            **e,
+            zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
+        ),
+        _ => error_name(err) == Some("xyz.openbmc_project.Common.Error.Unavailable"),
+    }
+}
+
+/// Calls `SignCSR`, retrying the same CSR while the answer is `Unavailable` or the service is
+/// not on the bus. A new attempt
 /// starts only while `wait` has not run out; each one may take as long as the service's
 /// sign timeout. Each retry is announced on stderr.
 pub async fn sign_with_retry(
@@ -88,10 +101,7 @@ pub async fn sign_with_retry(
     loop {
         attempts += 1;
         match proxy.sign_csr(csr).await {
-            Err(e)
-                if error_name(&e) == Some("xyz.openbmc_project.Common.Error.Unavailable")
-                    && Instant::now() + pause < give_up =>
-            {
+            Err(e) if worth_retrying(&e) && Instant::now() + pause < give_up => {
                 eprintln!(
                     "vmi-cert-exchange: {}; retrying the same CSR in {:.1} s",
                     describe(&e),
@@ -131,7 +141,7 @@ pub async fn run(opts: SignOptions) -> Result<(), StartError> {
         .method_timeout(CALL_TIMEOUT)
         .build()
         .await
-        .map_err(|e| StartError::Bus(format!("{}: {e}", opts.bus)))?;
+        .map_err(|e| StartError::Connect(format!("{}: {e}", opts.bus)))?;
     let chain = sign_with_retry(&conn, &csr, opts.wait)
         .await
         .map_err(|e| StartError::Failed(e.describe()))?;
@@ -150,13 +160,7 @@ pub async fn run(opts: SignOptions) -> Result<(), StartError> {
 
 /// Writes `chain.pem` (the answer as received), `client.crt` and `ca.crt` into `dir`.
 pub fn write_chain(dir: &Path, chain: &str) -> Result<(), StartError> {
-    let blocks = pem_blocks(chain);
-    if blocks.len() != 2 {
-        return Err(StartError::Failed(format!(
-            "the answer holds {} PEM blocks; expected the client certificate and the root",
-            blocks.len()
-        )));
-    }
+    let blocks = split_chain(chain)?;
     let io =
         |p: &Path, e: std::io::Error| StartError::Io(format!("cannot write {}: {e}", p.display()));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -170,4 +174,16 @@ pub fn write_chain(dir: &Path, chain: &str) -> Result<(), StartError> {
             .map_err(|e| io(&path, e))?;
     }
     Ok(())
+}
+
+/// The answer's two blocks: the client certificate, then the root.
+pub fn split_chain(chain: &str) -> Result<Vec<String>, StartError> {
+    let blocks = pem_blocks(chain);
+    if blocks.len() != 2 {
+        return Err(StartError::Failed(format!(
+            "the answer holds {} PEM blocks; expected the client certificate and the root",
+            blocks.len()
+        )));
+    }
+    Ok(blocks)
 }

@@ -22,9 +22,9 @@ use tokio::process::{Child, Command};
 use crate::{
     bus::{wait_for_name, PrivateBus},
     ca::SoftCa,
-    client::{describe, write_chain, VmInterfaceProxy, CALL_TIMEOUT},
+    client::{describe, split_chain, write_chain, VmInterfaceProxy, CALL_TIMEOUT},
     error::StartError,
-    util::{pem_blocks, write_file_atomically, TempDir},
+    util::{write_file_atomically, TempDir},
 };
 
 pub struct DemoOptions {
@@ -260,15 +260,6 @@ async fn exchange(
     ca_dir: &Path,
 ) -> Result<(), StartError> {
     let (key, csr) = hmc_key_and_csr().map_err(|e| failed("cannot create the HMC key", e))?;
-    std::fs::create_dir_all(out)
-        .map_err(|e| failed(&format!("cannot create {}", out.display()), e))?;
-    let key_pem = key
-        .private_key_to_pem_pkcs8()
-        .map_err(|e| failed("cannot encode the HMC key", e))?;
-    write_file_atomically(&out.join("client.key"), &key_pem, 0o600)
-        .map_err(|e| failed("cannot write client.key", e))?;
-    write_file_atomically(&out.join("client.csr"), csr.as_bytes(), 0o644)
-        .map_err(|e| failed("cannot write client.csr", e))?;
     steps.say("HMC side: created an RSA-2048 key and a CSR for CN=hmc-demo.example.com");
 
     let proxy = VmInterfaceProxy::new(conn)
@@ -285,8 +276,7 @@ async fn exchange(
         t.elapsed().as_secs_f64() * 1000.0
     ));
 
-    write_chain(out, &chain)?;
-    let blocks = pem_blocks(&chain);
+    let blocks = split_chain(&chain)?;
     let leaf = X509::from_pem(blocks[0].as_bytes()).map_err(|e| failed("client.crt", e))?;
     let root = X509::from_pem(blocks[1].as_bytes()).map_err(|e| failed("ca.crt", e))?;
     let leaf_key = leaf.public_key().map_err(|e| failed("client.crt key", e))?;
@@ -306,6 +296,18 @@ async fn exchange(
         subject(&leaf),
         subject(&root)
     ));
+    // Written only now, so an interrupted or failed run never leaves a new key beside the
+    // certificates of an earlier run in the same directory.
+    std::fs::create_dir_all(out)
+        .map_err(|e| failed(&format!("cannot create {}", out.display()), e))?;
+    let key_pem = key
+        .private_key_to_pem_pkcs8()
+        .map_err(|e| failed("cannot encode the HMC key", e))?;
+    write_file_atomically(&out.join("client.key"), &key_pem, 0o600)
+        .map_err(|e| failed("cannot write client.key", e))?;
+    write_file_atomically(&out.join("client.csr"), csr.as_bytes(), 0o644)
+        .map_err(|e| failed("cannot write client.csr", e))?;
+    write_chain(out, &chain)?;
     steps.say(format_args!(
         "wrote client.key (0600) client.csr client.crt ca.crt chain.pem into {}",
         out.display()

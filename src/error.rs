@@ -142,7 +142,11 @@ impl From<Error> for WireError {
 pub enum StartError {
     #[error("{0}")]
     Usage(String),
-    #[error("cannot connect to the D-Bus bus: {0}")]
+    /// Connecting failed; the text names the bus.
+    #[error("cannot connect to {0} (choose a bus with --address or --bus)")]
+    Connect(String),
+    /// A call to the bus daemon failed after connecting.
+    #[error("D-Bus: {0}")]
     Bus(String),
     #[error("the bus name {0} is already owned by another process")]
     NameTaken(String),

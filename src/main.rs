@@ -172,8 +172,9 @@ struct SignArgs {
     /// Write chain.pem, client.crt and ca.crt here instead of printing the answer.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Keep retrying the same CSR while the answer is Unavailable: new attempts start for this
-    /// many seconds, and each may take up to the service's --sign-timeout.
+    /// Keep retrying the same CSR while the answer is Unavailable or the service is not on the
+    /// bus: new attempts start for this many seconds, and each may take up to the service's
+    /// --sign-timeout.
     #[arg(long, allow_negative_numbers = true, value_parser = config::parse_seconds, default_value = "0")]
     wait: Duration,
 }

@@ -561,8 +561,8 @@ async fn a_silent_host_gives_unavailable_and_the_entry_goes_after_the_lifetime()
         method_error(&e),
         (
             common("NotAllowed"),
-            "this certificate entry belongs to a waiting SignCSR request; it is removed when the \
-             request ends"
+            "this certificate entry belongs to a SignCSR request still in progress; it is removed \
+             when the request ends"
                 .into()
         )
     );

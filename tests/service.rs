@@ -284,6 +284,68 @@ async fn sign_subcommand_writes_the_chain_or_prints_the_error() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sign_wait_covers_a_service_that_is_not_on_the_bus_yet() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bus = private_bus();
+    let conn = connect(&bus).await;
+    let key = genpkey(d, "early", "p256");
+    let csr_file = d.join("early.csr");
+    std::fs::write(&csr_file, req(&key, "/CN=early", &[])).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["sign", "--address", bus.address(), "--wait", "60", "--csr"])
+        .arg(&csr_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first attempt finds nobody; the service starts only once that has been announced.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert_eq!(
+        first,
+        "vmi-cert-exchange: D-Bus call failed: org.freedesktop.DBus.Error.ServiceUnknown: \
+         The name xyz.openbmc_project.HMC.VMInterface was not provided by any .service files; \
+         retrying the same CSR in 0.5 s\n"
+    );
+    let state = d.join("state");
+    let _svc = Service::start(
+        &bus,
+        &conn,
+        &[
+            "--transport",
+            "emulator",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    check_chain_with_openssl(d, &String::from_utf8(out.stdout).unwrap(), &key);
+
+    // Without --wait an absent service is reported at once.
+    let other = private_bus();
+    let out = run_bin(&[
+        "sign",
+        "--address",
+        other.address(),
+        "--csr",
+        csr_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vmi-cert-exchange: D-Bus call failed: org.freedesktop.DBus.Error.ServiceUnknown: \
+         The name xyz.openbmc_project.HMC.VMInterface was not provided by any .service files\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_held_state_lock_makes_a_second_process_refuse_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -366,7 +428,8 @@ async fn start_up_refusals_have_clear_messages_and_non_zero_exits() {
     let out = serve_emulator("unix:path=/nonexistent/bus", &state, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("cannot connect to the D-Bus bus: unix:path=/nonexistent/bus"));
+        .contains("cannot connect to unix:path=/nonexistent/bus: "));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(choose a bus with --address or --bus)"));
     assert!(
         !state.exists(),
         "nothing is created before the bus is reached"
@@ -631,9 +694,10 @@ fn ctrl_c_stops_the_demo_and_everything_it_started() {
 fn interrupt_demo_once_the_service_runs() -> bool {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
     use std::os::unix::process::CommandExt;
     let mut child = Command::new(BIN)
-        .args(["demo", "--out", dir.path().join("out").to_str().unwrap()])
+        .args(["demo", "--out", out_dir.to_str().unwrap()])
         // In a group of its own, which gets the signal as a terminal's Ctrl-C would.
         .process_group(0)
         .stdout(std::process::Stdio::piped())
@@ -679,6 +743,11 @@ fn interrupt_demo_once_the_service_runs() -> bool {
         "vmi-cert-exchange: interrupted; stopped everything that was started\n"
     );
     assert!(!socket_dir.exists(), "the private bus directory is removed");
+    // Files are written only once the answer is verified: a run stopped before that leaves
+    // no key without its certificate.
+    if !String::from_utf8_lossy(&out.stdout).contains("wrote client.key") {
+        assert!(!out_dir.exists(), "an interrupted demo wrote no files");
+    }
     let leftovers = Command::new("pgrep")
         .args(["-f", socket_dir.to_str().unwrap()])
         .output()

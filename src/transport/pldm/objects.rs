@@ -139,10 +139,10 @@ impl DeleteIface {
         // console's request from outside. It goes when the request ends.
         if shared.entry_origin(id) == Some(Origin::Request) {
             let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
-            tracing::warn!(entry = id, sender = %Quoted(Escaped(&sender)), "refused Delete of the entry of a waiting SignCSR request");
+            tracing::warn!(entry = id, sender = %Quoted(Escaped(&sender)), "refused Delete of the entry of a SignCSR request still in progress");
             return Err(Error::EntryChangeRefused(
-                "this certificate entry belongs to a waiting SignCSR request; it is removed when \
-                 the request ends"
+                "this certificate entry belongs to a SignCSR request still in progress; it is \
+                 removed when the request ends"
                     .into(),
             )
             .into());
