@@ -270,7 +270,10 @@ impl SoftCa {
     /// then renames them into place, the key first. The certificate's rename is the commit
     /// point: a crash before it leaves either nothing or the key with its certificate still in
     /// the temporary directory, and the next start completes that (see
-    /// [`finish_interrupted_creation`]). Never a half-written key, never a key without its root.
+    /// [`finish_interrupted_creation`]). An error (rather than a crash) between the two renames
+    /// takes the key back out: nothing was issued under it, and a key left alone would make
+    /// every later start exit as half-present. Never a half-written key, never a key without
+    /// its root.
     fn write_atomically(&self, dir: &Path) -> Result<(), StartError> {
         let io = |what: &str, e: std::io::Error| StartError::Io(format!("{what}: {e}"));
         let tmp = dir.join(format!("{TMP_PREFIX}{}", std::process::id()));
@@ -283,15 +286,21 @@ impl SoftCa {
             .key
             .private_key_to_pem_pkcs8()
             .map_err(|e| StartError::Failed(format!("cannot encode the CA key: {e}")))?;
+        let mut key_alone = false;
         let result = (|| {
             write_new_file(&tmp.join(KEY_FILE), &key_pem, 0o600)?;
             write_new_file(&tmp.join(CERT_FILE), self.root_pem.as_bytes(), 0o644)?;
             File::open(&tmp)?.sync_all()?;
             fs::rename(tmp.join(KEY_FILE), dir.join(KEY_FILE))?;
+            key_alone = true;
             File::open(dir)?.sync_all()?;
             fs::rename(tmp.join(CERT_FILE), dir.join(CERT_FILE))?;
+            key_alone = false;
             File::open(dir)?.sync_all()
         })();
+        if result.is_err() && key_alone {
+            let _ = fs::remove_file(dir.join(KEY_FILE));
+        }
         let _ = fs::remove_dir_all(&tmp);
         result.map_err(|e| io(&format!("cannot write the CA into {}", dir.display()), e))
     }
@@ -508,6 +517,33 @@ mod tests {
         let err = SoftCa::open_or_create(&lock, EMULATOR_CA_NAME).unwrap_err();
         assert_eq!(err.exit_code(), crate::error::EXIT_CA_CORRUPT);
         assert!(!dir.path().join(CERT_FILE).exists());
+    }
+
+    #[test]
+    fn a_failed_certificate_rename_takes_the_key_back_out() {
+        let dir = tempfile::tempdir().unwrap();
+        // A non-empty directory where ca.crt goes: the key's rename succeeds, the
+        // certificate's fails.
+        fs::create_dir_all(dir.path().join(CERT_FILE).join("x")).unwrap();
+        let ca = SoftCa::generate().unwrap();
+        let err = ca.write_atomically(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "cannot write the CA into {}: ",
+                dir.path().display()
+            )),
+            "{err}"
+        );
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![CERT_FILE.to_string()],
+            "no key and no temporaries"
+        );
     }
 
     #[test]
