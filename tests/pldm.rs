@@ -109,6 +109,22 @@ impl Rig {
             .unwrap()
     }
 
+    /// PropertiesChanged of the Certs.Entry interface of any entry.
+    async fn entry_property_changes(&self) -> MessageStream {
+        let rule = MatchRule::builder()
+            .msg_type(Type::Signal)
+            .sender(MANAGER_NAME)
+            .interface("org.freedesktop.DBus.Properties")
+            .member("PropertiesChanged")
+            .arg(0, "xyz.openbmc_project.Certs.Entry")
+            .build()
+            .unwrap();
+        let room = std::num::NonZeroUsize::new(1024);
+        MessageStream::for_match_rule(rule, &self.conn, room)
+            .await
+            .unwrap()
+    }
+
     async fn delete_all(&self) {
         delete_all(&self.conn).await;
     }
@@ -160,6 +176,47 @@ async fn next_entry_signal(stream: &mut MessageStream) -> (String, String, Vec<S
         let (path, ifaces): (OwnedObjectPath, Vec<String>) = msg.body().deserialize().unwrap();
         (member, path.as_str().to_string(), ifaces)
     }
+}
+
+/// The next change of an entry: `Status=<last part of the state>` or `ClientCertificate`.
+async fn next_property_change(stream: &mut MessageStream) -> String {
+    let msg = tokio::time::timeout(Duration::from_secs(30), next(stream))
+        .await
+        .expect("a PropertiesChanged within 30 s")
+        .unwrap()
+        .unwrap();
+    let (_, changed, _): (String, HashMap<String, OwnedVariant>, Vec<String>) =
+        msg.body().deserialize().unwrap();
+    let mut names: Vec<_> = changed.keys().cloned().collect();
+    names.sort();
+    assert_eq!(names.len(), 1, "one property per Set: {names:?}");
+    match names[0].as_str() {
+        "Status" => {
+            let value: String = changed["Status"].try_clone().unwrap().try_into().unwrap();
+            format!("Status={}", value.rsplit('.').next().unwrap())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Follows the entry signals until `path` has lost all three of its interfaces.
+async fn until_entry_removed(stream: &mut MessageStream, path: &str) {
+    let mut removed = Vec::new();
+    while removed.len() < 3 {
+        let (member, p, ifaces) = next_entry_signal(stream).await;
+        if member == "InterfacesRemoved" && p == path {
+            removed.extend(ifaces);
+        }
+    }
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            "xyz.openbmc_project.Certs.Entry",
+            "xyz.openbmc_project.Object.Delete",
+            "xyz.openbmc_project.PLDM.Provider.Certs.Authority.CSR"
+        ]
+    );
 }
 
 /// `xyz.openbmc_project.Collection.DeleteAll` at the Manager object.
@@ -303,9 +360,13 @@ async fn faults_map_to_the_documented_errors() {
         let rig = Rig::new().await;
         let _host = rig.host(fault, &[]).await;
         let _svc = rig.service(&[]).await;
+        let mut signals = rig.entry_signals().await;
         let (_, csr) = rig.csr("hmc");
         let got = sign(&rig.conn, &csr).await.expect_err(fault);
         assert_eq!(got, (common(name), message.to_string()), "fault {fault}");
+        // The request has ended: its entry goes, whatever the host answered.
+        until_entry_removed(&mut signals, ENTRY1).await;
+        assert_eq!(rig.managed_objects().await, Vec::<String>::new(), "{fault}");
     }
 }
 
@@ -388,6 +449,8 @@ async fn untidy_answers_become_a_clean_leaf_then_root_chain() {
         let rig = Rig::new().await;
         let _host = rig.host(fault, &[]).await;
         let _svc = rig.service(&[]).await;
+        let mut signals = rig.entry_signals().await;
+        let mut sets = rig.entry_property_changes().await;
         let (key, csr) = rig.csr("hmc");
         let chain = sign(&rig.conn, &csr)
             .await
@@ -398,6 +461,18 @@ async fn untidy_answers_become_a_clean_leaf_then_root_chain() {
             std::fs::read_to_string(&rig.root_file).unwrap(),
             "{fault}"
         );
+        until_entry_removed(&mut signals, ENTRY1).await;
+        // What pldmd set, in order, as the entry announced it.
+        let mut seen = Vec::new();
+        while seen.last().map(String::as_str) != Some("Status=Complete") {
+            seen.push(next_property_change(&mut sets).await);
+        }
+        let expected: &[&str] = if fault == "pending-ack" {
+            &["Status=Pending", "ClientCertificate", "Status=Complete"]
+        } else {
+            &["ClientCertificate", "Status=Complete"]
+        };
+        assert_eq!(seen, expected, "{fault}");
     }
 }
 
@@ -794,11 +869,15 @@ async fn the_asynchronous_authority_api_works_as_ibm_bmcweb_uses_it() {
         .unwrap();
     let mut changes = entry.receive_status_changed().await;
     if entry.status().await.unwrap() != STATUS_COMPLETE {
-        while let Some(change) = next(&mut changes).await {
-            if change.get().await.unwrap() == STATUS_COMPLETE {
-                break;
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(change) = next(&mut changes).await {
+                if change.get().await.unwrap() == STATUS_COMPLETE {
+                    break;
+                }
             }
-        }
+        })
+        .await
+        .expect("Status Complete within 30 s");
     }
     // Exactly what pldmd set: the leaf alone, as upstream shows it.
     let leaf = entry.client_certificate().await.unwrap();

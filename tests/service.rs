@@ -212,7 +212,7 @@ async fn thirty_two_parallel_callers_each_get_their_own_certificate() {
 async fn sign_subcommand_writes_the_chain_or_prints_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (bus, _conn, _svc) = emulator_service(d, &[]).await;
+    let (bus, conn, _svc) = emulator_service(d, &[]).await;
     let key = genpkey(d, "hmc", "rsa2048");
     let csr_file = d.join("hmc.csr");
     std::fs::write(&csr_file, req(&key, "/CN=cli", &[])).unwrap();
@@ -239,6 +239,10 @@ async fn sign_subcommand_writes_the_chain_or_prints_the_error() {
         )
     );
     let chain = std::fs::read_to_string(out_dir.join("chain.pem")).unwrap();
+    // The same CSR again over D-Bus is answered from the cache: chain.pem is that answer,
+    // byte for byte.
+    let csr_text = std::fs::read_to_string(&csr_file).unwrap();
+    assert_eq!(chain, sign(&conn, &csr_text).await.unwrap());
     let (leaf, root) = check_chain_with_openssl(d, &chain, &key);
     assert_eq!(
         std::fs::read_to_string(out_dir.join("client.crt")).unwrap(),
@@ -256,7 +260,7 @@ async fn sign_subcommand_writes_the_chain_or_prints_the_error() {
     ]);
     assert!(verified.ends_with(": OK\n"));
 
-    // Without --out the answer goes to stdout, byte for byte.
+    // Without --out the answer goes to stdout, byte for byte; `--csr -` reads stdin.
     let out = run_bin(&[
         "sign",
         "--address",
@@ -265,8 +269,17 @@ async fn sign_subcommand_writes_the_chain_or_prints_the_error() {
         csr_file.to_str().unwrap(),
     ]);
     assert!(out.status.success());
-    let printed = String::from_utf8(out.stdout).unwrap();
-    check_chain_with_openssl(d, &printed, &key);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), chain);
+    let mut child = Command::new(BIN)
+        .args(["sign", "--address", bus.address(), "--csr", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), csr_text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), chain);
 
     std::fs::write(&csr_file, "garbage").unwrap();
     let out = run_bin(&[
@@ -517,9 +530,25 @@ fn demo_completes_the_mutual_tls_handshake() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // "mutual TLS handshake with client.key + client.crt: <version> <cipher> (server saw ...)"
+    let handshake = stdout
+        .lines()
+        .find_map(|l| l.split_once("mutual TLS handshake with client.key + client.crt: "))
+        .map(|(_, rest)| rest.split(' ').collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no handshake line: {stdout}"));
+    assert_eq!(handshake[0], "TLSv1.3", "{stdout}");
     assert!(
-        stdout.contains("mutual TLS handshake with client.key + client.crt: TLSv1.3"),
-        "{stdout}"
+        [
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_CHACHA20_POLY1305_SHA256",
+            "TLS_AES_128_GCM_SHA256"
+        ]
+        .contains(&handshake[1]),
+        "a TLS 1.3 cipher suite: {stdout}"
+    );
+    assert_eq!(
+        handshake[2..].join(" "),
+        "(server saw client O=Example HMC,CN=hmc-demo.example.com)"
     );
     assert!(stdout.contains("a client without a certificate is refused by the endpoint"));
     assert!(stdout.contains("demo succeeded"));
@@ -728,6 +757,9 @@ fn interrupt_demo_once_the_service_runs() -> bool {
         .status()
         .unwrap()
         .success());
+    // The rest of what the demo printed, as far as it got.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
     if out.status.code() == Some(0) {
         return false;
@@ -745,7 +777,7 @@ fn interrupt_demo_once_the_service_runs() -> bool {
     assert!(!socket_dir.exists(), "the private bus directory is removed");
     // Files are written only once the answer is verified: a run stopped before that leaves
     // no key without its certificate.
-    if !String::from_utf8_lossy(&out.stdout).contains("wrote client.key") {
+    if !rest.contains("wrote client.key") {
         assert!(!out_dir.exists(), "an interrupted demo wrote no files");
     }
     let leftovers = Command::new("pgrep")
