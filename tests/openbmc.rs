@@ -156,8 +156,8 @@ fn parse_xml(text: &str) -> Element {
     root
 }
 
-/// One argument. `direction` is normalised: a method argument without one is "in" (the
-/// introspection format's default), a signal argument has none.
+/// One argument. A method argument's `direction` is as written (see [`args`]); a signal
+/// argument has none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Arg {
     name: Option<String>,
@@ -187,7 +187,9 @@ struct Node {
     children: Vec<String>,
 }
 
-fn args(member: &Element, default_direction: Option<&str>) -> Vec<Arg> {
+/// Method arguments keep their `direction` as written: D-Bus reads a missing one as `in`, but
+/// bmcweb skips an argument without `direction="in"`, so a missing one must not compare equal.
+fn args(member: &Element, with_direction: bool) -> Vec<Arg> {
     member
         .children
         .iter()
@@ -195,7 +197,8 @@ fn args(member: &Element, default_direction: Option<&str>) -> Vec<Arg> {
         .map(|a| Arg {
             name: a.attr("name").map(str::to_string),
             signature: a.required("type"),
-            direction: default_direction.map(|d| a.attr("direction").unwrap_or(d).to_string()),
+            direction: with_direction
+                .then(|| a.attr("direction").unwrap_or("(missing)").to_string()),
         })
         .collect()
 }
@@ -205,8 +208,8 @@ fn interface(element: &Element) -> Interface {
     for member in &element.children {
         let name = member.required("name");
         let previous = match member.name.as_str() {
-            "method" => iface.methods.insert(name.clone(), args(member, Some("in"))),
-            "signal" => iface.signals.insert(name.clone(), args(member, None)),
+            "method" => iface.methods.insert(name.clone(), args(member, true)),
+            "signal" => iface.signals.insert(name.clone(), args(member, false)),
             "property" => iface
                 .properties
                 .insert(

@@ -410,11 +410,11 @@ fn sign_csr(
     let Some(args) = body.get("data").and_then(Value::as_array) else {
         return bad("No JSON object could be decoded");
     };
+    // bmcweb converts as many arguments as the introspected method takes and ignores the rest.
     let csr = match &args[..] {
         [] => return bad("Invalid method args"),
-        [Value::String(s)] => s.clone(),
-        [_] => return bad("Invalid method arg type"),
-        _ => return bad("Invalid method args"),
+        [Value::String(s), ..] => s.clone(),
+        [_, ..] => return bad("Invalid method arg type"),
     };
     let canned = {
         let mut s = state.lock().unwrap();

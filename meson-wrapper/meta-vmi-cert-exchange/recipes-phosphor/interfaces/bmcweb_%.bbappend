@@ -10,5 +10,7 @@ PACKAGECONFIG:append = " dbus-rest"
 # To check it:
 #   bitbake-getvar -r bmcweb SRCREV      (or: bitbake -e bmcweb | grep ^SRCREV=)
 # Drop the patch if SRCREV comes before 76c2ad6444 or bmcweb carries a fix.
+# Between 76c2ad6444 and 8176ae6778 it applies only with fuzz, which OE's
+# patch-fuzz QA check refuses: refresh it against that SRCREV.
 FILESEXTRAPATHS:prepend := "${THISDIR}/bmcweb:"
 SRC_URI += "file://0001-openbmc_rest-pass-method-arguments-from-data-again.patch"

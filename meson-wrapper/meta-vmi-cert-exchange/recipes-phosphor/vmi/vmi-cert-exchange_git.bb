@@ -17,7 +17,10 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7ca
 # INHERIT += "externalsrc" and EXTERNALSRC:pn-vmi-cert-exchange = "/path/to/checkout").
 VMI_CERT_EXCHANGE_URI ??= "git://git.example.com/vmi-cert-exchange.git;protocol=https;branch=main"
 SRC_URI = "${VMI_CERT_EXCHANGE_URI}"
-SRCREV ??= "${AUTOREV}"
+# No floating default: the -crates.inc below lists the crates of one Cargo.lock, and the build
+# is --locked --offline, so SRCREV must name the commit that this layer came from. Set
+# SRCREV:pn-vmi-cert-exchange in local.conf or your machine layer.
+SRCREV ?= "0000000000000000000000000000000000000000"
 PV = "0.1.0+git"
 S = "${UNPACKDIR}/git"
 
