@@ -26,6 +26,7 @@ use vmi_cert_exchange::{
     chain::Answer,
     config::Settings,
     csr::ValidCsr,
+    signer::Counts,
     transport::{emulator::Emulator, BoxFuture, HypervisorTransport},
     Error, Signer,
 };
@@ -315,6 +316,45 @@ async fn hypervisor_rejection_is_cached_and_other_failures_are_not() {
         "the rejection came from the cache"
     );
     assert_eq!(svc.signer.counts().cached, 1);
+}
+
+/// A finished result is answered from the cache for --result-ttl, and after that the same CSR
+/// is a new request. The wait is the TTL itself, twice over: what is measured is expiry, not
+/// readiness.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_result_expires_after_the_result_ttl() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let transport = Arc::new(Counting {
+        inner: Emulator::new(SoftCa::generate().unwrap(), 365),
+        calls: calls.clone(),
+    });
+    let ttl = Duration::from_millis(300);
+    let svc = start(transport, settings(|s| s.limits.result_ttl = ttl)).await;
+    let csr = csr_for(&ec_key(), "cached");
+    let first = sign(&svc.client, &csr).await.unwrap();
+    assert_eq!(sign(&svc.client, &csr).await.unwrap(), first);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the second answer came from the cache"
+    );
+    assert_eq!(svc.signer.counts().cached, 1);
+
+    tokio::time::sleep(ttl * 2).await;
+    let again = sign(&svc.client, &csr).await.unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "after the TTL the CSR is signed anew"
+    );
+    assert_ne!(again, first, "a new certificate (new serial)");
+    assert_eq!(
+        svc.signer.counts(),
+        Counts {
+            in_flight: 0,
+            cached: 1
+        }
+    );
 }
 
 /// Every row of the bad-input table: the exact error name, nothing forwarded, nothing left.
