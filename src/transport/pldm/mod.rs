@@ -59,9 +59,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub const COUNTER_FILE: &str = "entry-counter";
 
+mod lifecycle;
 mod objects;
 #[cfg(test)]
-use objects::refuse_set;
+use lifecycle::refuse_set;
 use objects::{Authority, CsrIface, DeleteAll, DeleteIface, EntryIface};
 
 #[derive(Debug, Clone)]
