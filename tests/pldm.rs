@@ -423,23 +423,7 @@ async fn an_authority_entry_nobody_deletes_goes_after_the_request_lifetime() {
     let authority = AuthorityProxy::new(&rig.conn).await.unwrap();
     let path = authority.sign_csr(&rig.csr("forgotten").1).await.unwrap();
     assert_eq!(path.as_str(), ENTRY1);
-    let mut removed = Vec::new();
-    while removed.len() < 3 {
-        let (member, path, ifaces) = next_entry_signal(&mut signals).await;
-        if member == "InterfacesRemoved" {
-            assert_eq!(path, ENTRY1);
-            removed.extend(ifaces);
-        }
-    }
-    removed.sort();
-    assert_eq!(
-        removed,
-        [
-            "xyz.openbmc_project.Certs.Entry",
-            "xyz.openbmc_project.Object.Delete",
-            "xyz.openbmc_project.PLDM.Provider.Certs.Authority.CSR"
-        ]
-    );
+    until_entry_removed(&mut signals, ENTRY1).await;
     assert_eq!(rig.managed_objects().await, Vec::<String>::new());
 }
 
@@ -642,14 +626,7 @@ async fn a_silent_host_gives_unavailable_and_the_entry_goes_after_the_lifetime()
         )
     );
     assert_eq!(rig.managed_objects().await, vec![ENTRY1.to_string()]);
-    let mut removed = Vec::new();
-    while removed.len() < 3 {
-        let (member, path, ifaces) = next_entry_signal(&mut signals).await;
-        if member == "InterfacesRemoved" {
-            assert_eq!(path, ENTRY1);
-            removed.extend(ifaces);
-        }
-    }
+    until_entry_removed(&mut signals, ENTRY1).await;
     assert_eq!(rig.managed_objects().await, Vec::<String>::new());
     let tree = busctl(&rig, &["tree", "--list", MANAGER_NAME]);
     assert!(!tree.contains("/entry/"), "{tree}");
