@@ -117,6 +117,11 @@ pub fn intake(input: &str, max_bytes: usize) -> Result<Vec<u8>, Error> {
     if text.is_empty() {
         return Err(malformed("the CSR is empty"));
     }
+    if text.contains('\r') {
+        return Err(malformed(
+            "the CSR's lines end in a carriage return alone; use LF or CRLF line endings",
+        ));
+    }
     let mut lines = text.split('\n');
     let first = lines.next().unwrap_or_default().trim_end();
     if first.contains("\\n") {
@@ -134,6 +139,11 @@ pub fn intake(input: &str, max_bytes: usize) -> Result<Vec<u8>, Error> {
             malformed("the CSR is not PEM: expected a -----BEGIN CERTIFICATE REQUEST----- line")
         });
     };
+    if begin_label.contains("-----") {
+        return Err(malformed(
+            "the CSR is not PEM: its BEGIN line runs on (the line breaks are missing)",
+        ));
+    }
     if !LABELS.contains(&begin_label) {
         return Err(malformed(
             "the PEM block is not a certificate request (expected BEGIN CERTIFICATE REQUEST)",
@@ -333,8 +343,8 @@ fn check_rsa_key(key: &PKey<Public>) -> Result<(), Error> {
     let e_ok = e.is_bit_set(0) && e.num_bits() <= 256 && e.num_bits() >= 17;
     if !e_ok || !n.is_bit_set(0) {
         return Err(Error::PolicyViolation(
-            "the CSR's RSA key is not acceptable (the public exponent must be odd and at least \
-             65537, the modulus odd)"
+            "the CSR's RSA key is not acceptable (the public exponent must be odd, at least \
+             65537 and at most 2^256 - 1; the modulus odd)"
                 .into(),
         ));
     }
@@ -349,33 +359,102 @@ fn check_general_name(name: &der::Tlv<'_>) -> Result<(), Error> {
             "the CSR's subjectAltName holds {what}"
         )))
     };
-    let visible = |c: &[u8]| !c.is_empty() && c.iter().all(|b| (0x21..=0x7e).contains(b));
     match name.tag {
-        // dNSName: letters, digits, hyphens, dots, and a wildcard label.
-        0x82 => {
-            let ok = !name.content.is_empty()
-                && name
-                    .content
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(b));
-            if ok {
-                Ok(())
-            } else {
-                bad("a malformed DNS name")
-            }
-        }
-        0x81 if visible(name.content)
-            && name.content.iter().filter(|b| **b == b'@').count() == 1 =>
-        {
-            Ok(())
-        }
+        0x82 if dns_name_ok(name.content, true) => Ok(()),
+        0x82 => bad("a malformed DNS name"),
+        0x81 if email_ok(name.content) => Ok(()),
         0x81 => bad("a malformed email address"),
-        0x86 if visible(name.content) => Ok(()),
+        0x86 if uri_ok(name.content) => Ok(()),
         0x86 => bad("a malformed URI"),
         0x87 if [4, 16].contains(&name.content.len()) => Ok(()),
         0x87 => bad("an IP address that is neither 4 nor 16 bytes long"),
         _ => bad("a name type other than DNS, IP address, email or URI"),
     }
+}
+
+/// A host name in the preferred syntax of RFC 1034 section 3.5 (letters, digits and inner
+/// hyphens; labels of 1 to 63, 253 in all), with the leftmost label `*` where `wildcard` allows
+/// it and more than one label follows (no `*` or `*.com`).
+fn dns_name_ok(name: &[u8], wildcard: bool) -> bool {
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let labels: Vec<&[u8]> = name.split(|b| *b == b'.').collect();
+    let rest = match labels.split_first() {
+        Some((first, rest)) if wildcard && *first == b"*" => {
+            if rest.len() < 2 {
+                return false;
+            }
+            rest
+        }
+        _ => &labels[..],
+    };
+    rest.iter().all(|label| {
+        (1..=63).contains(&label.len())
+            && label
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            && !label.starts_with(b"-")
+            && !label.ends_with(b"-")
+    })
+}
+
+/// An rfc822Name: `local@domain` (RFC 5280 section 4.2.1.6), a visible-ASCII local part and a
+/// host name as domain.
+fn email_ok(name: &[u8]) -> bool {
+    let visible = |c: &[u8]| !c.is_empty() && c.iter().all(|b| (0x21..=0x7e).contains(b));
+    let mut parts = name.splitn(2, |b| *b == b'@');
+    match (parts.next(), parts.next()) {
+        (Some(local), Some(domain)) => {
+            visible(local) && !local.contains(&b'@') && dns_name_ok(domain, false)
+        }
+        _ => false,
+    }
+}
+
+/// A uniformResourceIdentifier: absolute, with a scheme (RFC 3986 section 3.1) and something
+/// after it, in visible ASCII; with an authority, its host is a host name, an IPv4 address or a
+/// bracketed IPv6 address, and its port digits (RFC 5280 section 4.2.1.6).
+fn uri_ok(uri: &[u8]) -> bool {
+    let Ok(uri) = std::str::from_utf8(uri) else {
+        return false;
+    };
+    if !uri.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return false;
+    }
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if !scheme_ok || rest.is_empty() {
+        return false;
+    }
+    let Some(after) = rest.strip_prefix("//") else {
+        return true;
+    };
+    let authority = after.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host_ok, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((addr, port)) => (addr.parse::<std::net::Ipv6Addr>().is_ok(), port),
+            None => (false, ""),
+        }
+    } else {
+        // The port keeps its ':' so that "host:" is told apart from "host".
+        let (host, port) = match host_port.find(':') {
+            Some(at) => host_port.split_at(at),
+            None => (host_port, ""),
+        };
+        (dns_name_ok(host.as_bytes(), false), port)
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 /// The string types of subject values, checked against their character sets: OpenSSL copies
@@ -419,14 +498,22 @@ fn key_type(key: &PKey<Public>, policy: &Policy) -> Result<KeyType, Error> {
             .join(", ")
     };
     let (found, name) = key_name(key);
+    let what = match name.as_str() {
+        UNKNOWN_ALGORITHM => "keys of this algorithm".to_string(),
+        EC_UNREADABLE => "EC keys whose public point cannot be read".to_string(),
+        _ => format!("{name} keys"),
+    };
     match found {
         Some(kt) if policy.key_types.contains(&kt) => Ok(kt),
         _ => Err(Error::PolicyViolation(format!(
-            "{name} keys are not accepted (allowed: {})",
+            "{what} are not accepted (allowed: {})",
             allowed()
         ))),
     }
 }
+
+const UNKNOWN_ALGORITHM: &str = "unknown algorithm";
+const EC_UNREADABLE: &str = "EC (unreadable point)";
 
 /// The key's type if it is one we know, and its name for messages (`RSA-1024`, `EC secp521r1`).
 fn key_name(key: &PKey<Public>) -> (Option<KeyType>, String) {
@@ -442,21 +529,30 @@ fn key_name(key: &PKey<Public>) -> (Option<KeyType>, String) {
             (kt, format!("RSA-{bits}"))
         }
         Id::EC => {
-            let nid = key.ec_key().ok().and_then(|ec| ec.group().curve_name());
+            // A point OpenSSL cannot load (the point at infinity, say) leaves no EC key.
+            let Ok(ec) = key.ec_key() else {
+                return (None, EC_UNREADABLE.to_string());
+            };
+            let nid = ec.group().curve_name();
             let kt = match nid {
                 Some(Nid::X9_62_PRIME256V1) => Some(KeyType::P256),
                 Some(Nid::SECP384R1) => Some(KeyType::P384),
                 _ => None,
             };
-            let curve = nid
-                .and_then(|n| n.short_name().ok())
-                .unwrap_or("with explicit parameters");
-            (kt, format!("EC {curve}"))
+            // The policy's names for the curves it knows, so a message and its "allowed" list
+            // speak alike.
+            let name = match (kt, nid.and_then(|n| n.short_name().ok())) {
+                (Some(kt), _) => kt.to_string(),
+                (None, Some(curve)) => format!("EC {curve}"),
+                (None, None) => "EC (explicit parameters)".to_string(),
+            };
+            (kt, name)
         }
+        Id::RSA_PSS => (None, "RSA-PSS".to_string()),
         Id::ED25519 => (None, "Ed25519".to_string()),
         Id::ED448 => (None, "Ed448".to_string()),
         Id::DSA => (None, "DSA".to_string()),
-        _ => (None, "this key algorithm".to_string()),
+        _ => (None, UNKNOWN_ALGORITHM.to_string()),
     }
 }
 
@@ -659,6 +755,14 @@ pub(crate) mod tests {
                 "the input holds more than one PEM block or text after the END line",
             ),
             (
+                pem.replace('\n', "\r"),
+                "the CSR's lines end in a carriage return alone; use LF or CRLF line endings",
+            ),
+            (
+                pem.replace('\n', ""),
+                "the CSR is not PEM: its BEGIN line runs on (the line breaks are missing)",
+            ),
+            (
                 format!("hello\n{pem}"),
                 "the CSR has text before its BEGIN line",
             ),
@@ -720,13 +824,25 @@ pub(crate) mod tests {
             key_types: vec![KeyType::P384],
             ..Policy::default()
         };
-        assert_eq!(name_of(validate(&ec_csr(), &only_p384)), "InvalidArgument");
+        // A curve the policy knows is named as the policy names it.
+        assert_eq!(
+            validate(&ec_csr(), &only_p384).unwrap_err().to_string(),
+            "EC P-256 keys are not accepted (allowed: EC P-384)"
+        );
         assert_eq!(
             name_of(validate(
                 &csr_with(&ec(Nid::SECP384R1), "x", false),
                 &only_p384
             )),
             "ok"
+        );
+        let mut ctx = openssl::pkey_ctx::PkeyCtx::new_id(Id::RSA_PSS).unwrap();
+        ctx.keygen_init().unwrap();
+        ctx.set_rsa_keygen_bits(2048).unwrap();
+        let pss = ctx.keygen().unwrap();
+        assert_eq!(
+            validate(&csr_with(&pss, "x", false), &p).unwrap_err().to_string(),
+            "RSA-PSS keys are not accepted (allowed: RSA-2048, RSA-3072, RSA-4096, EC P-256, EC P-384)"
         );
     }
 
@@ -931,8 +1047,8 @@ pub(crate) mod tests {
     #[test]
     fn rsa_keys_that_prove_nothing_are_refused() {
         let refused = Error::PolicyViolation(
-            "the CSR's RSA key is not acceptable (the public exponent must be odd and at least \
-             65537, the modulus odd)"
+            "the CSR's RSA key is not acceptable (the public exponent must be odd, at least \
+             65537 and at most 2^256 - 1; the modulus odd)"
                 .into(),
         );
         // e = 1: the "signature" is the padded digest itself, made without any private key.
@@ -1092,6 +1208,79 @@ pub(crate) mod tests {
                 Err(refused("a malformed URI")),
             ),
             (
+                seq(&[tlv(0x82, b"a..com")]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x82, b"*")]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x82, b"*.com")]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x82, b"-a.com")]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x82, b"a-.com")]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x82, b"a.*.com")]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x82, b"f*o.com")]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x82, b"a.com.")]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x82, format!("{}.com", "y".repeat(64)).as_bytes())]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x82, ["a"; 128].join(".").as_bytes())]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x81, b"@b.com")]),
+                Err(refused("a malformed email address")),
+            ),
+            (
+                seq(&[tlv(0x81, b"a@")]),
+                Err(refused("a malformed email address")),
+            ),
+            (
+                seq(&[tlv(0x81, b"a@b..c")]),
+                Err(refused("a malformed email address")),
+            ),
+            (
+                seq(&[tlv(0x81, b"a@*.b.c")]),
+                Err(refused("a malformed email address")),
+            ),
+            (
+                seq(&[tlv(0x86, b"http://[::1")]),
+                Err(refused("a malformed URI")),
+            ),
+            (seq(&[tlv(0x86, b"a:")]), Err(refused("a malformed URI"))),
+            (
+                seq(&[tlv(0x86, b"http://")]),
+                Err(refused("a malformed URI")),
+            ),
+            (
+                seq(&[tlv(0x86, b"//host/path")]),
+                Err(refused("a malformed URI")),
+            ),
+            (
+                seq(&[tlv(0x86, b"https://host:x/")]),
+                Err(refused("a malformed URI")),
+            ),
+            (
                 [seq(&[tlv(0x82, b"a.example")]), vec![0x05, 0x00]].concat(),
                 Err(malformed(
                     "the CSR requests an extension that cannot be parsed",
@@ -1108,6 +1297,12 @@ pub(crate) mod tests {
                     ),
                     tlv(0x81, b"admin@example.com"),
                     tlv(0x86, b"https://hmc01.example.com/"),
+                    tlv(0x86, b"https://user@[2001:db8::1]:8443/vmi?x=1"),
+                    tlv(0x86, b"https://192.0.2.7:443"),
+                    tlv(0x86, b"urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6"),
+                    tlv(0x82, format!("{}.example", "y".repeat(63)).as_bytes()),
+                    // 253 characters: the longest name.
+                    tlv(0x82, ["a"; 127].join(".").as_bytes()),
                 ]),
                 Ok(()),
             ),

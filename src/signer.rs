@@ -311,7 +311,7 @@ impl LogEntry<'_> {
                 target: "vmi_cert_exchange::request",
                 caller = %caller, subject = %Quoted(subject), key_type = %key_type,
                 fingerprint = %fingerprint, csr_bytes = size, source = %source,
-                outcome = %e.outcome(), reason = %e,
+                outcome = %e.outcome(), reason = %Quoted(Escaped(&e.to_string())),
                 duration_ms, "SignCSR failed"
             ),
         }

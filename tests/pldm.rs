@@ -834,7 +834,7 @@ fn error_name(e: &zbus::Error) -> String {
 async fn the_asynchronous_authority_api_works_as_ibm_bmcweb_uses_it() {
     let rig = Rig::new().await;
     let _host = rig.host("delay:0.3", &[]).await;
-    let _svc = rig.service(&[]).await;
+    let svc = rig.service(&[]).await;
     let authority = AuthorityProxy::new(&rig.conn).await.unwrap();
     let (key, csr) = rig.csr("console");
     let path = authority.sign_csr(&csr).await.unwrap();
@@ -888,18 +888,39 @@ async fn the_asynchronous_authority_api_works_as_ibm_bmcweb_uses_it() {
         )
         .await
         .unwrap();
-    let mut removed = 0;
-    while removed < 3 {
-        if next_entry_signal(&mut signals).await.0 == "InterfacesRemoved" {
-            removed += 1;
-        }
-    }
+    until_entry_removed(&mut signals, ENTRY1).await;
     assert_eq!(rig.managed_objects().await, Vec::<String>::new());
 
     // Our validation runs first: an invalid CSR never becomes an entry.
     let e = authority.sign_csr("not a csr").await.unwrap_err();
     assert_eq!(error_name(&e), common("InvalidArgument"));
     assert_eq!(rig.managed_objects().await, Vec::<String>::new());
+
+    // One request log line for each call, like SignCSR's.
+    let log = svc.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("vmi_cert_exchange::request"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    for field in [
+        "Authority.SignCSR ",
+        "subject=\"CN=console\"",
+        "key_type=EC P-256",
+        "entry=1",
+        "outcome=entry_created ",
+        "duration_ms=",
+    ] {
+        assert!(lines[0].contains(field), "{field}: {}", lines[0]);
+    }
+    for field in [
+        "Authority.SignCSR failed",
+        "subject=\"\"",
+        "outcome=InvalidArgument",
+        "reason=\"the CSR is not PEM: expected a -----BEGIN CERTIFICATE REQUEST----- line\"",
+    ] {
+        assert!(lines[1].contains(field), "{field}: {}", lines[1]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -993,7 +1014,7 @@ async fn only_pldmd_may_set_entries_and_sets_follow_the_rules() {
         "ClientCertificate is larger than 64 KiB",
         "the certificate entry is no longer Pending",
     ]) {
-        assert!(line.contains(&format!("reason={reason}")), "{line}");
+        assert!(line.contains(&format!("reason=\"{reason}\"")), "{line}");
         assert!(line.contains("entry=1 "), "{line}");
     }
 }

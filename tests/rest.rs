@@ -775,7 +775,7 @@ async fn invalid_argument_fails_at_once_with_the_services_message() {
     assert_eq!(
         text(&result.stderr),
         "vmi-cert-exchange: the BMC refused the CSR: xyz.openbmc_project.Common.Error.InvalidArgument: \
-         EC prime256v1 keys are not accepted (allowed: RSA-2048); fix the CSR\n"
+         EC P-256 keys are not accepted (allowed: RSA-2048); fix the CSR\n"
     );
     assert_eq!(text(&result.stdout), "");
     let st = s.bmc.state();

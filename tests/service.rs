@@ -492,7 +492,7 @@ async fn config_file_policy_applies() {
     assert_eq!(name, common("InvalidArgument"));
     assert_eq!(
         message,
-        "EC prime256v1 keys are not accepted (allowed: EC P-384)"
+        "EC P-256 keys are not accepted (allowed: EC P-384)"
     );
     let p384 = genpkey(d, "p384", "p384");
     let chain = sign(&conn, &req(&p384, "/CN=x", &[])).await.unwrap();

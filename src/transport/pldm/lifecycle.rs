@@ -62,7 +62,7 @@ impl Shared {
         }
         match refused {
             Some(why) => {
-                tracing::warn!(entry = id, property, sender = %Quoted(Escaped(sender)), bytes = value.len(), reason = %why, "refused a property Set on a certificate entry");
+                tracing::warn!(entry = id, property, sender = %Quoted(Escaped(sender)), bytes = value.len(), reason = %Quoted(Escaped(&why)), "refused a property Set on a certificate entry");
                 Err(Error::EntryChangeRefused(why))
             }
             None => {
@@ -107,17 +107,27 @@ impl Shared {
         caller: &str,
         input: &str,
     ) -> Result<u64, Error> {
+        let started = std::time::Instant::now();
         let result = self.create_authority_entry(input).await;
+        let facts = match &result {
+            Ok((_, csr)) => csr::LogFacts::of(csr),
+            Err(_) => csr::LogFacts::best_effort(input, &self.settings.policy),
+        };
+        let duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        let (caller, subject) = (Quoted(Escaped(caller)), Quoted(&facts.subject));
         match &result {
-            Ok((id, csr)) => tracing::info!(
+            Ok((id, _)) => tracing::info!(
                 target: "vmi_cert_exchange::request",
-                caller = %Quoted(Escaped(caller)), subject = %Quoted(&csr.subject), key_type = %csr.key_type,
-                fingerprint = %csr.fingerprint_hex(), entry = id, outcome = "entry created",
-                "Authority.SignCSR"
+                caller = %caller, subject = %subject, key_type = %facts.key_type,
+                fingerprint = %facts.fingerprint, csr_bytes = input.len(), entry = id,
+                outcome = %"entry_created", duration_ms, "Authority.SignCSR"
             ),
             Err(e) => tracing::warn!(
                 target: "vmi_cert_exchange::request",
-                caller = %Quoted(Escaped(caller)), outcome = e.outcome(), reason = %e, "Authority.SignCSR failed"
+                caller = %caller, subject = %subject, key_type = %facts.key_type,
+                fingerprint = %facts.fingerprint, csr_bytes = input.len(),
+                outcome = %e.outcome(), reason = %Quoted(Escaped(&e.to_string())), duration_ms,
+                "Authority.SignCSR failed"
             ),
         }
         result.map(|(id, _)| id)

@@ -26,7 +26,7 @@ use crate::{
     chain::Answer,
     config::Settings,
     csr::ValidCsr,
-    error::{Error, Escaped, StartError},
+    error::{Error, StartError},
     util::write_file_atomically,
 };
 
@@ -415,13 +415,7 @@ impl Shared {
             ));
         }
         match tokio::time::timeout(PROBE_TIMEOUT, self.host_state()).await {
-            Ok(Some(state)) if state != HOST_RUNNING => {
-                let short = state.rsplit('.').next().unwrap_or(&state).to_string();
-                Err(Error::HypervisorUnavailable(format!(
-                    "the host is not running (CurrentHostState {}); retry when it runs",
-                    Escaped(&short)
-                )))
-            }
+            Ok(Some(state)) if state != HOST_RUNNING => Err(host_not_running(&state)),
             _ => Ok(()),
         }
     }
@@ -455,6 +449,21 @@ impl Shared {
         }
         None
     }
+}
+
+/// The refusal for a host whose CurrentHostState is `state`. Only the enumeration's own word
+/// goes into the message a console sees: the value comes from another service.
+fn host_not_running(state: &str) -> Error {
+    let short = state.rsplit('.').next().unwrap_or_default();
+    let shown =
+        if (1..=32).contains(&short.len()) && short.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            short
+        } else {
+            "an unexpected value"
+        };
+    Error::HypervisorUnavailable(format!(
+        "the host is not running (CurrentHostState {shown}); retry when it runs"
+    ))
 }
 
 async fn mapper_get_object(conn: &Connection) -> zbus::Result<Vec<String>> {
@@ -631,6 +640,23 @@ mod tests {
         assert_eq!(
             refuse_set(&done, "ClientCertificate", "x").as_deref(),
             Some("the certificate entry is no longer Pending")
+        );
+    }
+
+    #[test]
+    fn host_state_words_only_reach_the_message() {
+        let message = |state: &str| host_not_running(state).to_string();
+        assert_eq!(
+            message("xyz.openbmc_project.State.Host.HostState.Quiesced"),
+            "the host is not running (CurrentHostState Quiesced); retry when it runs"
+        );
+        assert_eq!(
+            message("Off) outcome=ok source=cache (x\nINFO fake line"),
+            "the host is not running (CurrentHostState an unexpected value); retry when it runs"
+        );
+        assert_eq!(
+            message(""),
+            "the host is not running (CurrentHostState an unexpected value); retry when it runs"
         );
     }
 
