@@ -1,7 +1,7 @@
 //! Load benchmark, run on demand (never part of the tests):
 //!
 //! ```sh
-//! cargo build --release --locked --examples
+//! cargo build --release --locked --bins --examples
 //! target/release/examples/load [--requests N] [--concurrency C] [--transport emulator|pldm]
 //! ```
 //!
@@ -79,7 +79,7 @@ async fn main() {
         .join("vmi-cert-exchange");
     assert!(
         bin.exists(),
-        "build the binary first: cargo build --release --locked"
+        "build the binary first: cargo build --release --locked --bins"
     );
 
     let work = TempDir::new("vmi-load").unwrap();
