@@ -298,11 +298,23 @@ impl SoftCa {
             key_alone = false;
             File::open(dir)?.sync_all()
         })();
-        if result.is_err() && key_alone {
-            let _ = fs::remove_file(dir.join(KEY_FILE));
-        }
         let _ = fs::remove_dir_all(&tmp);
-        result.map_err(|e| io(&format!("cannot write the CA into {}", dir.display()), e))
+        let result =
+            result.map_err(|e| io(&format!("cannot write the CA into {}", dir.display()), e));
+        if result.is_err() && key_alone {
+            let key = dir.join(KEY_FILE);
+            // Synced, so that a power loss does not bring the key back without its root.
+            let undone = fs::remove_file(&key).and_then(|()| File::open(dir)?.sync_all());
+            if let Err(e) = undone {
+                return Err(StartError::CaCorrupt(format!(
+                    "cannot write the CA into {}, and {} could not be taken back out ({e}); \
+                     remove it by hand, nothing was issued under it",
+                    dir.display(),
+                    key.display()
+                )));
+            }
+        }
+        result
     }
 
     pub fn root_fingerprint(&self) -> String {

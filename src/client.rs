@@ -65,13 +65,17 @@ impl GaveUp {
     }
 }
 
-/// Whether the same CSR may succeed later: the service said `Unavailable`, or it is not on the
-/// bus at the moment (not started yet, or being restarted by systemd after losing the bus).
+/// Whether the same CSR may succeed later: the service said `Unavailable`, it is not on the
+/// bus at the moment (not started yet, or being restarted by systemd after losing the bus), or
+/// it went away during the call (NoReply). A repeated CSR is safe: identical ones share one
+/// request and its cached result.
 fn worth_retrying(err: &zbus::Error) -> bool {
     match err {
         zbus::Error::FDO(e) => matches!(
             **e,
-            zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
+            zbus::fdo::Error::ServiceUnknown(_)
+                | zbus::fdo::Error::NameHasNoOwner(_)
+                | zbus::fdo::Error::NoReply(_)
         ),
         _ => error_name(err) == Some("xyz.openbmc_project.Common.Error.Unavailable"),
     }

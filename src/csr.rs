@@ -117,7 +117,13 @@ pub fn intake(input: &str, max_bytes: usize) -> Result<Vec<u8>, Error> {
     if text.is_empty() {
         return Err(malformed("the CSR is empty"));
     }
-    if text.contains('\r') {
+    // A CR left before a LF (CRLF converted twice gives CR CR LF) is trimmed with the line; a
+    // CR anywhere else would hide a line break.
+    if text
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'\r' && w[1] != b'\n')
+    {
         return Err(malformed(
             "the CSR's lines end in a carriage return alone; use LF or CRLF line endings",
         ));
@@ -373,8 +379,9 @@ fn check_general_name(name: &der::Tlv<'_>) -> Result<(), Error> {
 }
 
 /// A host name in the preferred syntax of RFC 1034 section 3.5 (letters, digits and inner
-/// hyphens; labels of 1 to 63, 253 in all), with the leftmost label `*` where `wildcard` allows
-/// it and more than one label follows (no `*` or `*.com`).
+/// hyphens; labels of 1 to 63, 253 in all; the last label not all digits, RFC 1123 section
+/// 2.1, so a dotted IP address is not a host name), with the leftmost label `*` where
+/// `wildcard` allows it and more than one label follows (no `*` or `*.com`).
 fn dns_name_ok(name: &[u8], wildcard: bool) -> bool {
     if name.is_empty() || name.len() > 253 {
         return false;
@@ -389,37 +396,67 @@ fn dns_name_ok(name: &[u8], wildcard: bool) -> bool {
         }
         _ => &labels[..],
     };
-    rest.iter().all(|label| {
-        (1..=63).contains(&label.len())
-            && label
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
-            && !label.starts_with(b"-")
-            && !label.ends_with(b"-")
-    })
+    let last_ok = rest
+        .last()
+        .is_some_and(|l| !l.iter().all(u8::is_ascii_digit));
+    last_ok
+        && rest.iter().all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+                && !label.starts_with(b"-")
+                && !label.ends_with(b"-")
+        })
 }
 
-/// An rfc822Name: `local@domain` (RFC 5280 section 4.2.1.6), a visible-ASCII local part and a
-/// host name as domain.
+/// An rfc822Name (RFC 5280 section 4.2.1.6: RFC 2821's Mailbox): a Dot-string local part of
+/// at most 64 octets, `@`, and a host name or a bracketed IPv4 address. Quoted local parts
+/// are not accepted.
 fn email_ok(name: &[u8]) -> bool {
-    let visible = |c: &[u8]| !c.is_empty() && c.iter().all(|b| (0x21..=0x7e).contains(b));
-    let mut parts = name.splitn(2, |b| *b == b'@');
-    match (parts.next(), parts.next()) {
-        (Some(local), Some(domain)) => {
-            visible(local) && !local.contains(&b'@') && dns_name_ok(domain, false)
+    const ATEXT: &[u8] = b"!#$%&'*+-/=?^_`{|}~";
+    let Some(at) = name.iter().position(|b| *b == b'@') else {
+        return false;
+    };
+    let (local, domain) = (&name[..at], &name[at + 1..]);
+    let local_ok = (1..=64).contains(&local.len())
+        && local.split(|b| *b == b'.').all(|atom| {
+            !atom.is_empty()
+                && atom
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || ATEXT.contains(b))
+        });
+    let domain_ok = match domain.strip_prefix(b"[").and_then(|d| d.strip_suffix(b"]")) {
+        Some(literal) => {
+            std::str::from_utf8(literal).is_ok_and(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
         }
-        _ => false,
-    }
+        None => dns_name_ok(domain, false),
+    };
+    local_ok && domain_ok
 }
 
 /// A uniformResourceIdentifier: absolute, with a scheme (RFC 3986 section 3.1) and something
-/// after it, in visible ASCII; with an authority, its host is a host name, an IPv4 address or a
-/// bracketed IPv6 address, and its port digits (RFC 5280 section 4.2.1.6).
+/// after it, only the characters RFC 3986 allows (percent escapes complete, at most one `#`);
+/// with an authority, its host is a host name, an IPv4 address or a bracketed IPv6 address,
+/// and its port digits (RFC 5280 section 4.2.1.6).
 fn uri_ok(uri: &[u8]) -> bool {
-    let Ok(uri) = std::str::from_utf8(uri) else {
+    const ALLOWED: &[u8] = b"-._~:/?#[]@!$&'()*+,;=%";
+    if !uri
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || ALLOWED.contains(b))
+    {
         return false;
-    };
-    if !uri.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+    }
+    // Every '%' starts an escape of two hex digits.
+    let escapes_ok = uri.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || uri
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    // The checks above leave ASCII only.
+    let uri = std::str::from_utf8(uri).unwrap_or_default();
+    if !escapes_ok || uri.matches('#').count() > 1 {
         return false;
     }
     let Some((scheme, rest)) = uri.split_once(':') else {
@@ -433,27 +470,35 @@ fn uri_ok(uri: &[u8]) -> bool {
         return false;
     }
     let Some(after) = rest.strip_prefix("//") else {
-        return true;
+        // Brackets belong to an IPv6 host only.
+        return !rest.contains(['[', ']']);
     };
-    let authority = after.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (authority, path) = after.split_at(after.find(['/', '?', '#']).unwrap_or(after.len()));
+    if path.contains(['[', ']']) {
+        return false;
+    }
+    // userinfo holds no '@' (RFC 3986 section 3.2.1).
+    let host_port = match authority.split_once('@') {
+        Some((userinfo, host_port)) if !userinfo.contains(['[', ']']) => host_port,
+        Some(_) => return false,
+        None => authority,
+    };
     let (host_ok, port) = if let Some(v6) = host_port.strip_prefix('[') {
         match v6.split_once(']') {
             Some((addr, port)) => (addr.parse::<std::net::Ipv6Addr>().is_ok(), port),
             None => (false, ""),
         }
     } else {
-        // The port keeps its ':' so that "host:" is told apart from "host".
-        let (host, port) = match host_port.find(':') {
-            Some(at) => host_port.split_at(at),
-            None => (host_port, ""),
-        };
-        (dns_name_ok(host.as_bytes(), false), port)
+        // The port keeps its ':' so that a stray character after the host is caught.
+        let (host, port) = host_port.split_at(host_port.find(':').unwrap_or(host_port.len()));
+        let ok = host.parse::<std::net::Ipv4Addr>().is_ok() || dns_name_ok(host.as_bytes(), false);
+        (ok, port)
     };
+    // port = *DIGIT: an empty port is allowed.
     let port_ok = port.is_empty()
         || port
             .strip_prefix(':')
-            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
     host_ok && port_ok
 }
 
@@ -700,7 +745,9 @@ pub(crate) mod tests {
         let padded = format!("\n\n   {pem}  \n\n");
         let no_final = pem.trim_end().to_string();
         let old = pem.replace("CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST");
-        for variant in [crlf, padded, no_final, old] {
+        // CRLF converted to CRLF once more on its way.
+        let cr_crlf = pem.replace('\n', "\r\r\n");
+        for variant in [crlf, padded, no_final, old, cr_crlf] {
             assert_eq!(intake(&variant, 16384).unwrap(), der);
         }
     }
@@ -1281,6 +1328,53 @@ pub(crate) mod tests {
                 Err(refused("a malformed URI")),
             ),
             (
+                seq(&[tlv(0x82, b"192.0.2.7")]),
+                Err(refused("a malformed DNS name")),
+            ),
+            (
+                seq(&[tlv(0x86, b"https://999.999.999.999/")]),
+                Err(refused("a malformed URI")),
+            ),
+            (
+                seq(&[tlv(0x86, b"https://h.example/a<b>")]),
+                Err(refused("a malformed URI")),
+            ),
+            (
+                seq(&[tlv(0x86, b"https://h.example/%zz")]),
+                Err(refused("a malformed URI")),
+            ),
+            (
+                seq(&[tlv(0x86, b"https://h.example/[x]")]),
+                Err(refused("a malformed URI")),
+            ),
+            (
+                seq(&[tlv(0x86, b"a:b#c#d")]),
+                Err(refused("a malformed URI")),
+            ),
+            (
+                seq(&[tlv(0x86, b"https://a@b@h.example/")]),
+                Err(refused("a malformed URI")),
+            ),
+            (
+                seq(&[tlv(0x81, b"a..b@x.example")]),
+                Err(refused("a malformed email address")),
+            ),
+            (
+                seq(&[tlv(0x81, b".a@x.example")]),
+                Err(refused("a malformed email address")),
+            ),
+            (
+                seq(&[tlv(0x81, b"a<b>@x.example")]),
+                Err(refused("a malformed email address")),
+            ),
+            (
+                seq(&[tlv(
+                    0x81,
+                    format!("{}@x.example", "a".repeat(65)).as_bytes(),
+                )]),
+                Err(refused("a malformed email address")),
+            ),
+            (
                 [seq(&[tlv(0x82, b"a.example")]), vec![0x05, 0x00]].concat(),
                 Err(malformed(
                     "the CSR requests an extension that cannot be parsed",
@@ -1300,6 +1394,9 @@ pub(crate) mod tests {
                     tlv(0x86, b"https://user@[2001:db8::1]:8443/vmi?x=1"),
                     tlv(0x86, b"https://192.0.2.7:443"),
                     tlv(0x86, b"urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6"),
+                    tlv(0x86, b"http://h.example:/a%20b?q=1#top"),
+                    tlv(0x81, b"first.last+vmi@[192.0.2.1]"),
+                    tlv(0x81, format!("{}@x.example", "a".repeat(64)).as_bytes()),
                     tlv(0x82, format!("{}.example", "y".repeat(63)).as_bytes()),
                     // 253 characters: the longest name.
                     tlv(0x82, ["a"; 127].join(".").as_bytes()),

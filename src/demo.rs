@@ -296,8 +296,8 @@ async fn exchange(
         subject(&leaf),
         subject(&root)
     ));
-    // Written only now, so an interrupted or failed run never leaves a new key beside the
-    // certificates of an earlier run in the same directory.
+    // Written only now: a run stopped or refused before the answer is verified leaves nothing
+    // here, so never a new key beside the certificates of an earlier run.
     std::fs::create_dir_all(out)
         .map_err(|e| failed(&format!("cannot create {}", out.display()), e))?;
     let key_pem = key

@@ -328,7 +328,8 @@ async fn a_cached_result_expires_after_the_result_ttl() {
         inner: Emulator::new(SoftCa::generate().unwrap(), 365),
         calls: calls.clone(),
     });
-    let ttl = Duration::from_millis(300);
+    // Long enough that the second call lands well inside it on a busy machine.
+    let ttl = Duration::from_secs(2);
     let svc = start(transport, settings(|s| s.limits.result_ttl = ttl)).await;
     let csr = csr_for(&ec_key(), "cached");
     let first = sign(&svc.client, &csr).await.unwrap();

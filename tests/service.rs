@@ -315,8 +315,17 @@ async fn sign_wait_covers_a_service_that_is_not_on_the_bus_yet() {
         .unwrap();
     // The first attempt finds nobody; the service starts only once that has been announced.
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut first = String::new();
+            stderr.read_line(&mut first).unwrap();
+            first
+        }),
+    )
+    .await
+    .expect("the first attempt is announced within 30 s")
+    .unwrap();
     assert_eq!(
         first,
         "vmi-cert-exchange: D-Bus call failed: org.freedesktop.DBus.Error.ServiceUnknown: \
