@@ -102,6 +102,10 @@ impl Rig {
             .interface("org.freedesktop.DBus.ObjectManager")
             .build()
             .unwrap();
+        self.stream(rule).await
+    }
+
+    async fn stream(&self, rule: MatchRule<'_>) -> MessageStream {
         // Room for every signal of a test: a full queue would stall the whole connection.
         let room = std::num::NonZeroUsize::new(1024);
         MessageStream::for_match_rule(rule, &self.conn, room)
@@ -119,10 +123,7 @@ impl Rig {
             .arg(0, "xyz.openbmc_project.Certs.Entry")
             .build()
             .unwrap();
-        let room = std::num::NonZeroUsize::new(1024);
-        MessageStream::for_match_rule(rule, &self.conn, room)
-            .await
-            .unwrap()
+        self.stream(rule).await
     }
 
     async fn delete_all(&self) {
